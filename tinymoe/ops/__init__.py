@@ -1,0 +1,9 @@
+"""Differentiable functions on Tensors: primitives (elementwise, reductions, shapes, matmul) and the
+fused ops a transformer needs (linear, GELU, softmax, cross-entropy, layer norm, attention).
+
+Each op is a forward/backward pair; see `tinymoe.ops.elementwise` for the recipe they all follow.
+"""
+
+from tinymoe.ops.elementwise import add, div, exp, lift, log, maximum, mul, neg, pow, relu, sub, tanh
+
+__all__ = ["add", "div", "exp", "lift", "log", "maximum", "mul", "neg", "pow", "relu", "sub", "tanh"]

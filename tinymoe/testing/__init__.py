@@ -1,0 +1,1 @@
+"""Helpers for testing tinymoe and your own ops: `strategies` (hypothesis, needs the `test` extra)."""
