@@ -5,5 +5,10 @@ Each op is a forward/backward pair; see `tinymoe.ops.elementwise` for the recipe
 """
 
 from tinymoe.ops.elementwise import add, div, exp, lift, log, maximum, mul, neg, pow, relu, sub, tanh
+from tinymoe.ops.matmul import matmul
+from tinymoe.ops.reduction import max, mean, sum
+from tinymoe.ops.shape import concatenate, getitem, reshape, scatter_add, stack, take, transpose
 
 __all__ = ["add", "div", "exp", "lift", "log", "maximum", "mul", "neg", "pow", "relu", "sub", "tanh"]
+__all__ += ["matmul", "max", "mean", "sum"]
+__all__ += ["concatenate", "getitem", "reshape", "scatter_add", "stack", "take", "transpose"]

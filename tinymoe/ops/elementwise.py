@@ -27,8 +27,22 @@ def lift(*values) -> tuple[Tensor, ...]:
     return tuple(v if isinstance(v, Tensor) else Tensor(np.asarray(v, dtype=dtype)) for v in values)
 
 
-def add(a, b) -> Tensor:
+def lift_pair(a, b, op: str) -> tuple[Tensor, Tensor]:
+    """`lift` two operands of a binary op, and check that their shapes broadcast, naming the op and
+    both shapes if not (NumPy's own message names neither the op nor which operand came first)."""
     a, b = lift(a, b)
+    if a.shape != b.shape:
+        try:
+            np.broadcast_shapes(a.shape, b.shape)
+        except ValueError:
+            raise ValueError(
+                f"{op}: shapes {a.shape} and {b.shape} do not broadcast (trailing axes must be equal or 1)"
+            ) from None
+    return a, b
+
+
+def add(a, b) -> Tensor:
+    a, b = lift_pair(a, b, "add")
 
     def backward(g):  # d(a+b)/da = d(a+b)/db = 1
         return g, g
@@ -37,7 +51,7 @@ def add(a, b) -> Tensor:
 
 
 def sub(a, b) -> Tensor:
-    a, b = lift(a, b)
+    a, b = lift_pair(a, b, "sub")
 
     def backward(g):
         return g, -g
@@ -46,7 +60,7 @@ def sub(a, b) -> Tensor:
 
 
 def mul(a, b) -> Tensor:
-    a, b = lift(a, b)
+    a, b = lift_pair(a, b, "mul")
 
     def backward(g):  # d(ab)/da = b, d(ab)/db = a
         return g * b.data, g * a.data
@@ -55,7 +69,7 @@ def mul(a, b) -> Tensor:
 
 
 def div(a, b) -> Tensor:
-    a, b = lift(a, b)
+    a, b = lift_pair(a, b, "div")
 
     def backward(g):  # d(a/b)/da = 1/b, d(a/b)/db = -a/b^2
         return g / b.data, -g * a.data / (b.data * b.data)
@@ -101,7 +115,7 @@ def tanh(a) -> Tensor:
 def maximum(a, b) -> Tensor:
     """Elementwise max. The gradient goes to the larger input; at a tie it is split evenly, so the
     result is the average of the two one-sided derivatives (the function is not differentiable there)."""
-    a, b = lift(a, b)
+    a, b = lift_pair(a, b, "maximum")
     out = np.maximum(a.data, b.data)
 
     def backward(g):
