@@ -60,10 +60,14 @@ def transpose(x, axes=None) -> Tensor:
     else:
         axes = tuple(axes)
         if len(axes) != x.ndim:
-            raise ValueError(f"transpose: axes {axes} do not list the {x.ndim} axes of a tensor of shape {x.shape}")
+            raise ValueError(
+                f"transpose: axes {axes} do not list the {x.ndim} axes of a tensor of shape {x.shape}"
+            )
         normalized = [normalize_axes(a, x.ndim, "transpose")[0] for a in axes]
         if sorted(normalized) != list(range(x.ndim)):
-            raise ValueError(f"transpose: axes {axes} are not a permutation of the axes of a tensor of shape {x.shape}")
+            raise ValueError(
+                f"transpose: axes {axes} are not a permutation of the axes of a tensor of shape {x.shape}"
+            )
         axes = tuple(normalized)
     inverse = tuple(int(i) for i in np.argsort(axes))
     return Tensor.from_op(x.data.transpose(axes), (x,), lambda g: (g.transpose(inverse),), "transpose")
@@ -227,7 +231,8 @@ def concatenate(tensors, axis: int = 0) -> Tensor:
     ndim = tensors[0].ndim
     if ndim == 0 or any(t.ndim != ndim for t in tensors):
         raise ValueError(
-            f"concatenate: all tensors need the same number of axes (at least 1), got shapes {_shapes_text(tensors)}"
+            "concatenate: all tensors need the same number of axes (at least 1), "
+            f"got shapes {_shapes_text(tensors)}"
         )
     axis = _single_axis(axis, ndim, "concatenate")
     others = {t.shape[:axis] + t.shape[axis + 1 :] for t in tensors}
