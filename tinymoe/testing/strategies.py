@@ -97,6 +97,32 @@ def labels(num_classes: int, size: int):
     return hnp.arrays(dtype=np.int64, shape=(size,), elements=st.integers(0, num_classes - 1))
 
 
+def soft_targets(batch: int, num_classes: int, normalized: bool = True, dtype=np.float64):
+    """(batch, num_classes) non-negative class probabilities (soft labels, as mixup makes), some zero.
+
+    Each row sums to 1 if `normalized`; otherwise rows are arbitrary non-negative weights, which
+    cross-entropy must still differentiate exactly.
+    """
+    weights = hnp.arrays(dtype=dtype, shape=(batch, num_classes), elements=st.one_of(st.just(0.0), _finite(0.05, 1.0)))
+
+    def finish(w):
+        w = w.copy()
+        w[:, 0] += (w.sum(axis=1) == 0)  # no all-zero rows: a target needs some probability mass
+        return w / w.sum(axis=1, keepdims=True) if normalized else w
+
+    return weights.map(finish)
+
+
+@st.composite
+def attention_shapes(draw, max_tokens: int = 4, max_width: int = 3):
+    """Shapes (q, k, v) = ((B, H, Nq, D), (B, H, Nk, D), (B, H, Nk, Dv)) with odd sizes allowed and
+    Nq != Nk possible; small enough (<= 2*2*4*3 = 48 entries each) for a finite-difference check."""
+    b, h = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    nq, nk = draw(st.integers(1, max_tokens)), draw(st.integers(1, max_tokens))
+    d, dv = draw(st.integers(1, max_width)), draw(st.integers(1, max_width))
+    return (b, h, nq, d), (b, h, nk, d), (b, h, nk, dv)
+
+
 # --------------------------------------------------------------------------------------------------
 # Arguments of the primitive ops (reductions, matmul, reshape, indexing, gather/scatter)
 # --------------------------------------------------------------------------------------------------
