@@ -103,3 +103,12 @@ def test_a_wrong_backward_is_caught():
 
     with pytest.raises(GradcheckError, match="FAIL input 0"):
         gradcheck(bad_tanh, [np.array([0.3, -1.2, 0.7])])
+
+
+@pytest.mark.parametrize("name", sorted(BINARY))
+def test_shapes_that_do_not_broadcast_name_the_op_and_both_shapes(name):
+    op = BINARY[name][0]
+    with pytest.raises(ValueError, match=rf"^{name}: shapes \(2, 3\) and \(4,\) do not broadcast"):
+        op(Tensor(np.ones((2, 3))), Tensor(np.ones(4)))
+    with pytest.raises(ValueError, match=rf"^{name}: shapes \(3,\) and \(2, 2\) do not broadcast"):
+        op(np.ones(3), Tensor(np.ones((2, 2))))  # the order of the operands is kept in the message
