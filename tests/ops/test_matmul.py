@@ -40,6 +40,7 @@ KIND_CASES = [
     ((2, 3), (3,)),  # matrix · vector
     ((2, 3), (3, 4)),  # matrix · matrix
     ((2, 2, 3), (3, 4)),  # batch · shared matrix (a linear layer)
+    ((2, 3, 2, 3), (3, 2)),  # two batch axes · shared matrix (the batch is folded into rows)
     ((2, 2, 3), (3,)),  # batch · shared vector
     ((3,), (2, 3, 2)),  # vector · batch
     ((2, 3), (2, 3, 1)),  # shared matrix · batch
