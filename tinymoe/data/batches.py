@@ -1,0 +1,259 @@
+"""Mini-batches for training and evaluation: shuffling, augmentation, normalization, prefetch.
+
+    loader = BatchLoader(images, labels, batch_size=128, shuffle=True, augment=True, seed=0)
+    for epoch in range(epochs):
+        for x, y in loader.epoch(epoch):    # x float32 (B, H, W, 3) normalized, y int64 (B,)
+            ...
+
+Determinism: the order and the augmentation of epoch e depend only on (seed, e), never on how many
+batches were drawn before or on prefetching, so a resumed run sees exactly the batches it would have
+seen. Images stay uint8 until the last step (crop and flip move bytes, not floats), then are
+normalized per channel: x = (pixel / 255 - mean[c]) / std[c].
+
+Augmentation (`augment=True`), the standard recipe for small images:
+* random crop with padding: pad each image by `padding` zero pixels on every side, then cut an
+  H x W window at a random offset (0..2*padding in each direction), i.e. shift by up to `padding` pixels;
+* horizontal flip with probability 1/2.
+Both happen in one NumPy gather per batch: for each image we build the row and column indices it
+reads from the padded batch, reversing the column indices of flipped images (no loop over pixels).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+
+# Per-channel statistics of ImageNet in [0, 1] units: the usual normalization for ImageNet-derived data.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and standard deviation of uint8 (N, H, W, 3) images in [0, 1] units, float64 (3,).
+
+    Accumulates sums and sums of squares over chunks, so it works on a memory-mapped split without
+    loading it whole: var = E[x^2] - E[x]^2, computed in float64 where this cancellation is harmless.
+    """
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"channel_stats: expected images (N, H, W, 3), got {images.shape}")
+    total = np.zeros(3)
+    total_sq = np.zeros(3)
+    for start in range(0, images.shape[0], chunk):
+        block = np.asarray(images[start : start + chunk], dtype=np.float64).reshape(-1, 3) / 255.0  # (b*H*W, 3)
+        total += block.sum(axis=0)
+        total_sq += np.square(block).sum(axis=0)
+    count = images.shape[0] * images.shape[1] * images.shape[2]
+    if count == 0:
+        raise ValueError("channel_stats: no pixels (empty images array)")
+    mean = total / count
+    return mean, np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+
+
+def normalize(images: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
+    """uint8 (..., 3) -> float32 (..., 3): (pixel / 255 - mean[c]) / std[c] per channel c."""
+    mean = np.asarray(mean, dtype=np.float32)
+    std = np.asarray(std, dtype=np.float32)
+    if mean.shape != (3,) or std.shape != (3,) or np.any(std <= 0):
+        raise ValueError(f"normalize: mean and std must be 3 numbers (std > 0), got {mean} and {std}")
+    # One multiply-add per value: x * scale + shift with scale = 1 / (255 std), shift = -mean / std.
+    scale = 1.0 / (255.0 * std)
+    shift = -mean / std
+    out = images.astype(np.float32)
+    out *= scale
+    out += shift
+    return out
+
+
+def random_crop_flip(
+    images: np.ndarray, rng: np.random.Generator, padding: int = 4, flip: bool = True
+) -> np.ndarray:
+    """Random shift (crop of the zero-padded image) and random horizontal flip of a batch (B, H, W, C).
+
+    Each image b reads pixel (i, j) of the output from padded[b, oy[b] + i, ox[b] + j], or from column
+    ox[b] + W - 1 - j when it is flipped; oy, ox are uniform in 0..2*padding.
+    """
+    b, h, w, c = images.shape
+    if padding < 0:
+        raise ValueError(f"random_crop_flip: padding must be >= 0, got {padding}")
+    padded = np.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))  # (B, H+2p, W+2p, C)
+    oy = rng.integers(0, 2 * padding + 1, size=b)
+    ox = rng.integers(0, 2 * padding + 1, size=b)
+    flipped = rng.random(b) < 0.5 if flip else np.zeros(b, dtype=bool)
+    rows = oy[:, None] + np.arange(h)  # (B, H)
+    cols_forward = np.arange(w)
+    cols = ox[:, None] + np.where(flipped[:, None], cols_forward[::-1], cols_forward)  # (B, W)
+    return padded[np.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
+
+
+def holdout_split(
+    labels: np.ndarray, fraction: float = 0.1, seed: int = 0, stratify: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Carve a held-out split from a training set: `(train_indices, holdout_indices)`, both sorted int64.
+
+    The superclass step needs a confusion matrix on images the dense model did not train on, and must
+    not use the validation set (that is reserved for the final evaluation), so it holds out part of
+    train. With `stratify=True`, round(fraction * n_c) images of every class c are held out (at least
+    one when the class has two or more images), so every class appears in the confusion matrix.
+    The same (labels, fraction, seed) always give the same split.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise ValueError(f"holdout_split: labels must be 1-D, got shape {labels.shape}")
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"holdout_split: fraction must be strictly between 0 and 1, got {fraction}")
+    rng = np.random.default_rng([seed, 0x401D])
+    if not stratify:
+        order = rng.permutation(labels.size)
+        k = int(round(fraction * labels.size))
+        return np.sort(order[k:]), np.sort(order[:k])
+    held = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        k = int(round(fraction * members.size))
+        if members.size >= 2:
+            k = min(max(k, 1), members.size - 1)  # keep at least one image of the class on each side
+        else:
+            k = 0
+        held.append(rng.choice(members, size=k, replace=False))
+    holdout = np.sort(np.concatenate(held)).astype(np.int64)
+    train = np.setdiff1d(np.arange(labels.size, dtype=np.int64), holdout, assume_unique=True)
+    return train, holdout
+
+
+class BatchLoader:
+    """Iterate (images float32 (B, H, W, 3) normalized, labels int64 (B,)) over a dataset, epoch by epoch.
+
+    Args:
+        images: uint8 (N, H, W, 3); a memory map is fine (only each batch's rows are read).
+        labels: int (N,).
+        batch_size: images per batch.
+        shuffle: a new seeded order every epoch (else dataset order, for evaluation).
+        drop_last: drop the final short batch (keeps every step's batch size equal).
+        seed: with the epoch number, fixes order and augmentation.
+        augment: random crop with `padding` + horizontal flip (if `flip`); off for evaluation.
+        mean, std: per-channel normalization in [0, 1] units (default ImageNet's; see `channel_stats`).
+        indices: restrict to these rows (e.g. the train part of `holdout_split`) without copying.
+        prefetch: number of batches prepared ahead by a background thread (0 = none). NumPy releases
+            the GIL while gathering and converting, so preparation overlaps the caller's compute.
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        seed: int = 0,
+        augment: bool = False,
+        padding: int = 4,
+        flip: bool = True,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        indices: np.ndarray | None = None,
+        prefetch: int = 0,
+    ):
+        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+            raise ValueError(f"BatchLoader: images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
+        if labels.shape != (images.shape[0],):
+            raise ValueError(f"BatchLoader: labels shape {labels.shape} does not match images {images.shape}")
+        if batch_size < 1:
+            raise ValueError(f"BatchLoader: batch_size must be >= 1, got {batch_size}")
+        if prefetch < 0:
+            raise ValueError(f"BatchLoader: prefetch must be >= 0, got {prefetch}")
+        self.images, self.labels = images, np.asarray(labels)
+        self.indices = np.arange(images.shape[0]) if indices is None else np.asarray(indices, dtype=np.int64)
+        if self.indices.size and (self.indices.min() < 0 or self.indices.max() >= images.shape[0]):
+            raise ValueError(f"BatchLoader: indices must lie in 0..{images.shape[0] - 1}")
+        self.batch_size, self.shuffle, self.drop_last, self.seed = batch_size, shuffle, drop_last, seed
+        self.augment, self.padding, self.flip = augment, padding, flip
+        self.mean, self.std = mean, std
+        self.prefetch = prefetch
+        normalize(np.zeros((1, 3), np.uint8), mean, std)  # validate mean/std now, not at the first batch
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        n = self.indices.size
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def order(self, epoch: int) -> np.ndarray:
+        """The example indices of `epoch` in the order they are served."""
+        if not self.shuffle:
+            return self.indices
+        return self.indices[np.random.default_rng([self.seed, epoch, 0]).permutation(self.indices.size)]
+
+    def _batches(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        order = self.order(epoch)
+        augment_rng = np.random.default_rng([self.seed, epoch, 1])
+        for b in range(len(self)):
+            rows = order[b * self.batch_size : (b + 1) * self.batch_size]
+            # Gather rows in increasing order (sequential reads from a memory map), then restore the
+            # shuffled order so batch composition *and* order are exactly the epoch's permutation.
+            ascending = np.argsort(rows, kind="stable")
+            pixels = np.empty((rows.size,) + self.images.shape[1:], dtype=np.uint8)
+            pixels[ascending] = self.images[rows[ascending]]
+            if self.augment:
+                pixels = random_crop_flip(pixels, augment_rng, self.padding, self.flip)
+            yield normalize(pixels, self.mean, self.std), self.labels[rows].astype(np.int64)
+
+    def epoch(self, epoch: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The batches of epoch `epoch` (same seed and epoch -> same batches, bit for bit)."""
+        if self.prefetch == 0:
+            return self._batches(epoch)
+        return _prefetched(self._batches(epoch), self.prefetch)
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Epoch 0; use `epoch(e)` in a training loop so every epoch gets its own order."""
+        return self.epoch(0)
+
+
+_DONE = object()
+
+
+def _prefetched(batches: Iterator, depth: int) -> Iterator:
+    """Run `batches` in a background thread, `depth` items ahead; re-raise its errors in the consumer.
+
+    If the consumer stops early (break, exception, garbage collection), the producer is told to stop
+    and joined, so no thread outlives the loop.
+    """
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce():
+        try:
+            for item in batches:
+                while not stop.is_set():
+                    try:
+                        buffer.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            item = _DONE
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            item = exc
+        while not stop.is_set():
+            try:
+                buffer.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    thread = threading.Thread(target=produce, name="tinymoe-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = buffer.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
