@@ -87,7 +87,9 @@ def test_adamw_weight_decay_is_decoupled_from_the_gradient():
 # --------------------------------------------------------------------------------------------------
 # Shared behaviour
 # --------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("make", [lambda ps: SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.1), lambda ps: AdamW(ps, lr=0.1)])
+BOTH = [lambda ps: SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.1), lambda ps: AdamW(ps, lr=0.1)]
+
+@pytest.mark.parametrize("make", BOTH, ids=["SGD", "AdamW"])
 def test_float32_stays_float32_in_place(make):
     p = param([1.0, 2.0], dtype=np.float32)
     array = p.data
@@ -99,7 +101,7 @@ def test_float32_stays_float32_in_place(make):
     assert all(a.dtype == np.float32 for s in opt.state for a in s.values() if isinstance(a, np.ndarray))
 
 
-@pytest.mark.parametrize("make", [lambda ps: SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.1), lambda ps: AdamW(ps, lr=0.1)])
+@pytest.mark.parametrize("make", BOTH, ids=["SGD", "AdamW"])
 def test_parameters_without_a_gradient_are_skipped(make):
     used, unused = param([1.0]), param([1.0])
     opt = make([used, unused])

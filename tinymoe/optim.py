@@ -63,7 +63,9 @@ class Optimizer:
 
     def _groups(self, params) -> list[dict]:
         if isinstance(params, Tensor):
-            raise TypeError(f"{type(self).__name__}: pass a list of parameters (e.g. model.parameters()), not one tensor")
+            raise TypeError(
+                f"{type(self).__name__}: pass a list of parameters (e.g. model.parameters()), not one tensor"
+            )
         params = list(params)
         if params and all(isinstance(g, dict) for g in params):
             return params
@@ -74,7 +76,9 @@ class Optimizer:
         if not isinstance(p, Tensor):
             raise TypeError(f"{name}: parameters must be Tensors (Parameters), got {type(p).__name__}")
         if not p.requires_grad:
-            raise ValueError(f"{name}: got a tensor of shape {p.shape} that does not require grad; it would never change")
+            raise ValueError(
+                f"{name}: got a tensor of shape {p.shape} that does not require grad; it would never change"
+            )
         if any(p is q for q in self.params):
             raise ValueError(f"{name}: a parameter of shape {p.shape} is listed twice")
         self.params.append(p)
@@ -129,7 +133,8 @@ class Optimizer:
         optimizer over parameters of the same shapes, in the same order."""
         name = type(self).__name__
         if state_dict.get("kind") != name:
-            raise ValueError(f"{name}.load_state_dict: the state dict is from a {state_dict.get('kind')!r} optimizer")
+            kind = state_dict.get("kind")
+            raise ValueError(f"{name}.load_state_dict: the state dict is from a {kind!r} optimizer")
         hyper = self._hyperparameters()
         missing = [k for k in hyper if k not in state_dict]
         if missing:
@@ -139,12 +144,14 @@ class Optimizer:
             if key == "kind" or key in hyper:
                 continue
             parts = key.split(".")
-            if len(parts) != 3 or parts[0] != "param" or not parts[1].isdigit() or parts[2] not in ("step",) + self._state_keys:
+            well_formed = len(parts) == 3 and parts[0] == "param" and parts[1].isdigit()
+            if not well_formed or parts[2] not in ("step",) + self._state_keys:
                 raise KeyError(f"{name}.load_state_dict: unexpected key {key!r}")
             i = int(parts[1])
             if i >= len(self.params):
                 raise ValueError(
-                    f"{name}.load_state_dict: state for parameter {i}, but this optimizer has {len(self.params)} parameters"
+                    f"{name}.load_state_dict: state for parameter {i}, but this optimizer has "
+                    f"{len(self.params)} parameters"
                 )
             if parts[2] == "step":
                 new_state[i]["step"] = int(value)
@@ -264,7 +271,9 @@ def warmup_cosine_lr(step: int, total_steps: int, warmup_steps: int, base_lr: fl
     if total_steps < 1:
         raise ValueError(f"warmup_cosine_lr: total_steps must be >= 1, got {total_steps}")
     if not 0 <= warmup_steps <= total_steps:
-        raise ValueError(f"warmup_cosine_lr: warmup_steps must be in [0, total_steps={total_steps}], got {warmup_steps}")
+        raise ValueError(
+            f"warmup_cosine_lr: warmup_steps must be in [0, total_steps={total_steps}], got {warmup_steps}"
+        )
     if step < 0:
         raise ValueError(f"warmup_cosine_lr: step must be >= 0, got {step}")
     if step < warmup_steps:

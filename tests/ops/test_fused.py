@@ -375,6 +375,11 @@ def test_softmax_layer_norm_and_attention_errors():
         ops.attention(q, Tensor(np.ones((1, 1, 3, 4))), Tensor(np.ones((1, 1, 3, 4))))
 
 
+ONES, LABELS = np.ones((2, 3)), np.array([0, 1])
+WITH_NAN = np.array([[0.0, np.nan, 1.0], [0, 0, 0]])
+WITH_INF = np.array([[0.0, np.inf, 1.0], [0, 0, 0]])
+
+
 @pytest.mark.parametrize(
     "logits, target, kwargs, error, message",
     [
@@ -386,10 +391,10 @@ def test_softmax_layer_norm_and_attention_errors():
         (np.ones((2, 3)), -np.ones((2, 3)), {}, ValueError, "target probabilities must be >= 0"),
         (np.ones((2, 3, 4)), np.array([0, 1]), {}, ValueError, r"logits must have shape \(batch, classes\)"),
         (np.ones((2, 3), dtype=np.int64), np.array([0, 1]), {}, TypeError, "logits has dtype int64"),
-        (np.array([[0.0, np.nan, 1.0], [0, 0, 0]]), np.array([0, 1]), {}, ValueError, r"logits contain NaN \(1 values\)"),
-        (np.array([[0.0, np.inf, 1.0], [0, 0, 0]]), np.array([0, 1]), {}, ValueError, r"NaN \(0 values\) or inf \(1 values\)"),
-        (np.ones((2, 3)), np.array([0, 1]), {"reduction": "avg"}, ValueError, "reduction must be one of"),
-        (np.ones((2, 3)), np.array([0, 1]), {"label_smoothing": 1.5}, ValueError, r"label_smoothing must be in \[0, 1\]"),
+        (WITH_NAN, LABELS, {}, ValueError, r"logits contain NaN \(1 values\)"),
+        (WITH_INF, LABELS, {}, ValueError, r"NaN \(0 values\) or inf \(1 values\)"),
+        (ONES, LABELS, {"reduction": "avg"}, ValueError, "reduction must be one of"),
+        (ONES, LABELS, {"label_smoothing": 1.5}, ValueError, r"label_smoothing must be in \[0, 1\]"),
     ],
 )
 def test_cross_entropy_errors(logits, target, kwargs, error, message):

@@ -29,7 +29,9 @@ class Linear(Module):
     ):
         super().__init__()
         if in_features < 1 or out_features < 1:
-            raise ValueError(f"Linear: in_features and out_features must be >= 1, got {in_features}, {out_features}")
+            raise ValueError(
+                f"Linear: in_features and out_features must be >= 1, got {in_features} and {out_features}"
+            )
         rng = np.random.default_rng() if rng is None else rng
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.weight = Parameter(truncated_normal(rng, (in_features, out_features), std=init_std, dtype=dtype))

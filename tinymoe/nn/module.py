@@ -101,7 +101,9 @@ class Module:
     def register_buffer(self, name: str, value) -> None:
         """Attach an array that belongs in `state_dict()` but is not trained (no gradient, no optimizer)."""
         if "_parameters" not in self.__dict__:
-            raise RuntimeError(f"register_buffer({name!r}) before Module.__init__() ran; call super().__init__() first")
+            raise RuntimeError(
+                f"register_buffer({name!r}) before Module.__init__() ran; call super().__init__() first"
+            )
         for registry in (self._parameters, self._modules):
             registry.pop(name, None)
         array = np.asarray(value)

@@ -24,7 +24,8 @@ def attention(q, k, v, scale: float | None = None) -> Tensor:
     shapes = f"q {q.shape}, k {k.shape}, v {v.shape}"
     if q.ndim < 2 or k.ndim != q.ndim or v.ndim != q.ndim:
         raise ValueError(
-            f"attention: q, k and v must have the same number of axes, at least 2 (..., tokens, width), got {shapes}"
+            "attention: q, k and v must have the same number of axes, at least 2 (..., tokens, width), "
+            f"got {shapes}"
         )
     if not (q.shape[:-2] == k.shape[:-2] == v.shape[:-2]):
         raise ValueError(f"attention: q, k and v must have equal leading (batch, head) axes, got {shapes}")
@@ -33,7 +34,7 @@ def attention(q, k, v, scale: float | None = None) -> Tensor:
     if v.shape[-2] != k.shape[-2]:
         raise ValueError(f"attention: k and v must have the same number of tokens (axis -2), got {shapes}")
     if q.shape[-1] == 0 and scale is None:
-        raise ValueError(f"attention: q and k have width 0, so the default scale 1/sqrt(width) is undefined ({shapes})")
+        raise ValueError(f"attention: q and k have width 0, so the default scale 1/sqrt(width) is undefined: {shapes}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
 
     out, probs = kernels.attention_forward(q.data, k.data, v.data, scale)
