@@ -103,7 +103,8 @@ def soft_targets(batch: int, num_classes: int, normalized: bool = True, dtype=np
     Each row sums to 1 if `normalized`; otherwise rows are arbitrary non-negative weights, which
     cross-entropy must still differentiate exactly.
     """
-    weights = hnp.arrays(dtype=dtype, shape=(batch, num_classes), elements=st.one_of(st.just(0.0), _finite(0.05, 1.0)))
+    elements = st.one_of(st.just(0.0), _finite(0.05, 1.0))
+    weights = hnp.arrays(dtype=dtype, shape=(batch, num_classes), elements=elements)
 
     def finish(w):
         w = w.copy()
