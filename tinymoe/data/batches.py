@@ -67,25 +67,41 @@ def normalize(images: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.nd
     return out
 
 
-def random_crop_flip(
-    images: np.ndarray, rng: np.random.Generator, padding: int = 4, flip: bool = True
-) -> np.ndarray:
-    """Random shift (crop of the zero-padded image) and random horizontal flip of a batch (B, H, W, C).
+def crop_flip(images: np.ndarray, oy: np.ndarray, ox: np.ndarray, flipped: np.ndarray, padding: int) -> np.ndarray:
+    """Shift-crop and optionally flip each image of a batch (B, H, W, C), given the offsets and flips.
 
-    Each image b reads pixel (i, j) of the output from padded[b, oy[b] + i, ox[b] + j], or from column
-    ox[b] + W - 1 - j when it is flipped; oy, ox are uniform in 0..2*padding.
+    Output pixel (i, j) of image b is padded[b, oy[b] + i, ox[b] + j], or padded[b, oy[b] + i,
+    ox[b] + W - 1 - j] when flipped[b], where `padded` is the batch with `padding` zero pixels added
+    on every side and oy, ox lie in 0..2*padding. One fancy-indexing gather does the whole batch.
     """
     b, h, w, c = images.shape
     if padding < 0:
-        raise ValueError(f"random_crop_flip: padding must be >= 0, got {padding}")
+        raise ValueError(f"crop_flip: padding must be >= 0, got {padding}")
+    for name, offset in (("oy", oy), ("ox", ox)):
+        if offset.shape != (b,) or offset.min(initial=0) < 0 or offset.max(initial=0) > 2 * padding:
+            raise ValueError(f"crop_flip: {name} must be {b} offsets in 0..{2 * padding}")
     padded = np.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))  # (B, H+2p, W+2p, C)
+    rows = oy[:, None] + np.arange(h)  # (B, H)
+    columns = np.arange(w)
+    cols = ox[:, None] + np.where(flipped[:, None], columns[::-1], columns)  # (B, W)
+    return padded[np.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
+
+
+def random_crop_flip(
+    images: np.ndarray, rng: np.random.Generator, padding: int = 4, flip: bool = True
+) -> np.ndarray:
+    """Random shift by up to `padding` pixels (crop of the zero-padded image) and random horizontal flip.
+
+    Offsets oy, ox are uniform in 0..2*padding, each image is flipped with probability 1/2 (if `flip`);
+    see `crop_flip` for the indexing.
+    """
+    if padding < 0:
+        raise ValueError(f"random_crop_flip: padding must be >= 0, got {padding}")
+    b = images.shape[0]
     oy = rng.integers(0, 2 * padding + 1, size=b)
     ox = rng.integers(0, 2 * padding + 1, size=b)
     flipped = rng.random(b) < 0.5 if flip else np.zeros(b, dtype=bool)
-    rows = oy[:, None] + np.arange(h)  # (B, H)
-    cols_forward = np.arange(w)
-    cols = ox[:, None] + np.where(flipped[:, None], cols_forward[::-1], cols_forward)  # (B, W)
-    return padded[np.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
+    return crop_flip(images, oy, ox, flipped, padding)
 
 
 def holdout_split(

@@ -15,6 +15,7 @@ Only the standard library (urllib) is used; no request is ever made unless a dow
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import urllib.error
 import urllib.request
@@ -116,7 +117,7 @@ def download_url(
                         while block := response.read(CHUNK_BYTES):
                             f.write(block)
                             bar.update(len(block))
-                except OSError as exc:  # connection dropped mid-way: keep the part file to resume from
+                except (OSError, http.client.HTTPException) as exc:  # dropped mid-way: keep the part to resume from
                     raise DownloadError(
                         f"download of {url} was interrupted after {part.stat().st_size:,} bytes ({exc}); "
                         f"run again to resume from {part}. {_offline_hint(url, dest, size, md5)}"

@@ -52,9 +52,14 @@ IMAGE_SIZE = 64
 SPLITS = ("train", "val")
 
 
-def _natural_key(name: str) -> list:
+_DIGITS = re.compile(r"(\d+)")
+
+
+def _natural_key(name: str) -> tuple:
     """Sort key that orders numbers by value: 'n01_2.JPEG' < 'n01_10.JPEG'."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+    parts = _DIGITS.split(name)  # text, number, text, number, ..., text
+    parts[1::2] = map(int, parts[1::2])
+    return tuple(parts)
 
 
 def _is_image(name: str) -> bool:
