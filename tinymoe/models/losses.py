@@ -1,0 +1,101 @@
+"""The training loss of every model variant, with each term kept apart for logging.
+
+    total = CE(logits, labels; label_smoothing)                                       every model
+          + router_weight  · CE(router_logits, class_to_group[labels])               superclass, random
+          + balance_weight · Σ_MoE blocks ½ (importance_loss + load_loss)            token
+
+(`learned` routing has no extra term: its router learns only through the gates.) The router's
+cross-entropy uses no label smoothing: its targets are the superclasses, a different task. The load
+loss needs router noise (it is the probability of winning under re-drawn noise), so in eval mode or
+with router_noise=0 a block's balance term is its importance loss alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tinymoe import ops
+from tinymoe.models.config import ModelConfig
+from tinymoe.tensor import Tensor
+
+
+@dataclass
+class LossTerms:
+    """total is the Tensor to call backward() on; the other fields are plain floats for logging
+    (None when the term does not apply to this model). `router`, `importance` and `load` are the
+    unweighted terms; `balance` is the weighted sum that was added to the total."""
+
+    total: Tensor
+    classification: float
+    router: float | None = None
+    importance: float | None = None
+    load: float | None = None
+    balance: float | None = None
+
+    def as_dict(self) -> dict[str, float]:
+        out = {"loss": float(self.total.item()), "loss_classification": self.classification}
+        for name in ("router", "importance", "load", "balance"):
+            value = getattr(self, name)
+            if value is not None:
+                out[f"loss_{name}"] = value
+        return out
+
+
+def _labels(labels, batch: int, num_classes: int) -> np.ndarray:
+    labels = np.asarray(labels.data if isinstance(labels, Tensor) else labels)
+    if labels.shape != (batch,) or labels.dtype.kind not in "iu":
+        raise ValueError(f"labels must be {batch} integer class indices (one per image), got shape {labels.shape} "
+                         f"and dtype {labels.dtype}")
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"labels must lie in [0, {num_classes}), got values from {labels.min()} to {labels.max()}")
+    return labels
+
+
+def model_loss(output, labels, config: ModelConfig, class_to_group=None, label_smoothing: float = 0.0) -> LossTerms:
+    """The loss of one batch (see the module docstring). `output` is a ModelOutput."""
+    batch = output.logits.shape[0]
+    labels = _labels(labels, batch, config.num_classes)
+    classification = ops.cross_entropy(output.logits, labels, label_smoothing=label_smoothing)
+    total = classification
+    terms = LossTerms(total=total, classification=float(classification.item()))
+
+    if config.is_moe and config.routing in ("superclass", "random"):
+        if class_to_group is None:
+            raise ValueError(
+                f"routing={config.routing!r} trains the router to predict each image's superclass, but the model "
+                "has no class -> superclass map: call model.set_class_to_group(groups) with one group in "
+                f"[0, {config.experts}) per class (e.g. from tinymoe.superclasses), or use routing='learned'"
+            )
+        targets = np.asarray(class_to_group)[labels]  # (B,) the superclass of each image
+        router = ops.cross_entropy(output.routing.router_logits, targets)
+        terms.router = float(router.item())
+        total = total + config.router_weight * router
+    if config.is_moe and config.routing == "token":
+        balance = None
+        importance, load = [], []
+        for r in output.token_routing:
+            aux = r.importance_loss if r.load_loss is None else 0.5 * (r.importance_loss + r.load_loss)
+            balance = aux if balance is None else balance + aux
+            importance.append(float(r.importance_loss.item()))
+            if r.load_loss is not None:
+                load.append(float(r.load_loss.item()))
+        balance = config.balance_weight * balance
+        terms.importance = float(np.mean(importance))
+        terms.load = float(np.mean(load)) if load else None
+        terms.balance = float(balance.item())
+        total = total + balance
+    terms.total = total
+    return terms
+
+
+def router_accuracy(output, labels, class_to_group) -> float | None:
+    """Fraction of images whose top-1 expert is their label's group (per-image routing only, else None)."""
+    if output.routing is None or class_to_group is None:
+        return None
+    labels = np.asarray(labels)
+    return float(np.mean(output.routing.experts[:, 0] == np.asarray(class_to_group)[labels]))
+
+
+__all__ = ["LossTerms", "model_loss", "router_accuracy"]
