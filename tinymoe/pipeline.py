@@ -1,0 +1,267 @@
+"""The Mobile V-MoE protocol end to end, as a library function (`python -m tinymoe.train` is its CLI).
+
+    (a) train the dense baseline on train minus a held-out split        -> OUT/dense/model.npz
+    (b) its confusion matrix on the held-out split -> E superclasses     -> OUT/superclasses.json
+    (c) train the MoE (router trained to predict the superclass)         -> OUT/moe-<routing>/model.npz
+    (d) evaluate both on the validation split, print the comparison      -> OUT/results.json
+
+Every stage writes its artefact to the output directory and is skipped when the artefact is already
+there, so a long run can stop (Ctrl-C, a closed laptop) and continue where it was: a stage that was
+interrupted part-way continues from its last checkpoint when `resume=True`.
+
+The held-out split (a seeded, per-class 10% of train) is never trained on by either model: the dense
+model's confusions must be measured on unseen images, and the validation split is kept for the final
+comparison only. The MoE trains on the same images as the dense model, so the two differ only in
+their architecture.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tinymoe import superclasses as sc
+from tinymoe.checkpoint import load_model
+from tinymoe.data import (
+    DatasetNotFoundError,
+    DownsampledImageNet,
+    ImageFolder,
+    TinyImageNet,
+    find_tiny_imagenet,
+    holdout_split,
+    make_synthetic,
+)
+from tinymoe.evaluation import evaluate, predict
+from tinymoe.models import ModelConfig, build_model, count
+from tinymoe.training import Trainer, TrainConfig, TrainingData
+
+DEFAULT_DATA_ROOT = "data"  # where `--data tiny-imagenet` looks (and downloads to), unless TINYMOE_DATA is set
+
+
+@dataclass
+class Splits:
+    """A dataset ready for the protocol: uint8 (N, H, W, 3) images, int64 labels, class names."""
+
+    name: str
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    val_images: np.ndarray
+    val_labels: np.ndarray
+    classes: list[str]  # human-readable names, in label order
+    wnids: list[str]  # identifiers (WordNet ids for ImageNet data), in label order
+    true_groups: np.ndarray | None = None  # the planted class -> group map (synthetic data only)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.train_images.shape[1])
+
+
+def load_splits(
+    data: str,
+    *,
+    experts: int = 10,
+    download: bool = False,
+    cache_dir=None,
+    synthetic_size: int = 32,
+    synthetic_per_class: int = 120,
+    synthetic_classes_per_group: int = 3,
+    seed: int = 0,
+) -> Splits:
+    """Resolve `data` — "synthetic", "tiny-imagenet", or a path — and decode its train and val splits.
+
+    A path may be Tiny ImageNet (the official zip, the unpacked folder, or a folder holding either),
+    a downsampled ImageNet folder (train_data_batch_*.npz or pickles + val_data), or a folder with
+    `train/` and `val/` image folders (one sub-folder per class in each).
+    """
+    if data == "synthetic":
+        kwargs = dict(n_groups=experts, classes_per_group=synthetic_classes_per_group, size=synthetic_size, seed=seed)
+        train = make_synthetic(images_per_class=synthetic_per_class, split="train", **kwargs)
+        val = make_synthetic(images_per_class=max(synthetic_per_class // 4, 1), split="val", **kwargs)
+        return Splits("synthetic", train.images, train.labels, val.images, val.labels, list(train.classes),
+                      list(train.classes), true_groups=np.asarray(train.class_to_group))
+    root = Path(os.environ.get("TINYMOE_DATA", DEFAULT_DATA_ROOT)) if data == "tiny-imagenet" else Path(data).expanduser()
+    if data == "tiny-imagenet" or _looks_like_tiny_imagenet(root):
+        train = TinyImageNet(root, "train", download=download, cache_dir=cache_dir)
+        val = TinyImageNet(root, "val", cache_dir=cache_dir)
+        return Splits("tiny-imagenet", train.images, train.labels, val.images, val.labels, list(train.classes),
+                      list(train.wnids))
+    if not root.exists():
+        raise DatasetNotFoundError(
+            f"--data {data}: no such file or folder. Pass the Tiny ImageNet zip (tiny-imagenet-200.zip) or its "
+            "folder, a downsampled ImageNet folder, a folder with train/ and val/ image folders, or 'synthetic'"
+        )
+    if any(root.glob("train_data_batch_*")):
+        train = DownsampledImageNet(root, "train", cache_dir=cache_dir)
+        val = DownsampledImageNet(root, "val", cache_dir=cache_dir)
+        names = list(train.classes)
+        return Splits("downsampled-imagenet", train.images, train.labels, val.images, val.labels, names, names)
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        train = ImageFolder(root / "train", cache_dir=cache_dir)
+        val = ImageFolder(root / "val", cache_dir=cache_dir)
+        if list(val.classes) != list(train.classes):
+            raise ValueError(f"{root}: train/ and val/ must hold the same class folders")
+        names = list(train.classes)
+        return Splits("image-folder", train.images, train.labels, val.images, val.labels, names, names)
+    raise DatasetNotFoundError(
+        f"--data {data}: {root} is not a dataset tinymoe knows: expected Tiny ImageNet (tiny-imagenet-200.zip or "
+        "its folder with wnids.txt), downsampled ImageNet (train_data_batch_1.npz ... and val_data.npz), or "
+        "train/ and val/ folders with one sub-folder per class"
+    )
+
+
+def _looks_like_tiny_imagenet(root: Path) -> bool:
+    try:
+        find_tiny_imagenet(root)
+        return True
+    except (DatasetNotFoundError, OSError):
+        return False
+
+
+@dataclass
+class PipelineOptions:
+    """Everything the protocol needs besides the data. Defaults: the paper's 6×64 Mobile V-MoE."""
+
+    out: Path
+    model: ModelConfig  # the MoE config; its dense twin is `model.dense()`
+    train: TrainConfig = field(default_factory=TrainConfig)
+    stages: tuple[str, ...] = ("dense", "superclasses", "moe")  # a subset runs only those stages
+    holdout_fraction: float = 0.1  # of train, per class, for the confusion matrix
+    superclasses_file: Path | None = None  # use these superclasses instead of computing them
+    model_seed: int = 0  # initial weights
+    resume: bool = False  # continue interrupted stages from their last.npz
+
+
+def _stage_dir(opts: PipelineOptions, stage: str) -> Path:
+    return opts.out / ("dense" if stage == "dense" else f"moe-{opts.model.routing}")
+
+
+def _train_stage(stage: str, config: ModelConfig, data: TrainingData, opts: PipelineOptions, groups, log):
+    out_dir = _stage_dir(opts, stage)
+    final = out_dir / "model.npz"
+    if final.exists():
+        log(f"[{stage}] reusing {final}")
+        return load_model(final)
+    log(f"[{stage}] training {config.describe()} for {opts.train.epochs} epochs -> {out_dir}")
+    model = build_model(config, seed=opts.model_seed)
+    if groups is not None:
+        model.set_class_to_group(groups)
+    summary = Trainer(model, opts.train, data, out_dir, log=log).run(resume=opts.resume)
+    if not summary.completed:
+        return None  # stopped early (max_steps): later stages need the finished model
+    return model
+
+
+def superclasses_stage(dense, splits: Splits, holdout: np.ndarray, opts: PipelineOptions, log) -> np.ndarray:
+    """Cluster the dense model's held-out confusions into E groups; write OUT/superclasses.json."""
+    path = opts.out / "superclasses.json"
+    if path.exists():
+        log(f"[superclasses] reusing {path}")
+        return sc.load_superclasses(path).assignment
+    images, labels = splits.train_images[holdout], splits.train_labels[holdout]
+    predictions = np.argmax(predict(dense, images).logits, axis=1)
+    groups = sc.superclasses_from_predictions(labels, predictions, splits.num_classes, opts.model.experts,
+                                              seed=opts.model_seed)
+    meta = {"held_out_images": int(holdout.size), "held_out_top1": float(np.mean(predictions == labels) * 100),
+            "dataset": splits.name}
+    sc.save_superclasses(path, groups, splits.wnids, splits.classes, meta=meta)
+    log(f"[superclasses] dense top-1 on the held-out split: {meta['held_out_top1']:.2f}%; wrote {path}")
+    log(sc.superclass_table(groups, splits.classes))
+    return groups
+
+
+def run_pipeline(splits: Splits, opts: PipelineOptions, log=print) -> dict:
+    """Run the stages in `opts.stages`; return (and write to OUT/results.json) the comparison."""
+    opts.out.mkdir(parents=True, exist_ok=True)
+    moe_config = opts.model.replace(num_classes=splits.num_classes, image_size=splits.image_size)
+    dense_config = moe_config.dense()
+    train_idx, holdout = holdout_split(splits.train_labels, opts.holdout_fraction, seed=opts.train.seed)
+    data = TrainingData(splits.train_images, splits.train_labels, train_indices=train_idx,
+                        eval_images=splits.val_images, eval_labels=splits.val_labels, eval_name="val")
+    results: dict = {"dataset": splits.name, "out": str(opts.out), "train_config": asdict(opts.train),
+                     "holdout_images": int(holdout.size), "train_images": int(train_idx.size)}
+
+    dense = None
+    if "dense" in opts.stages or ("superclasses" in opts.stages and opts.superclasses_file is None):
+        dense = _train_stage("dense", dense_config, data, opts, None, log)
+        if dense is None:
+            return results
+
+    groups = None
+    needs_groups = moe_config.routing == "superclass"
+    if opts.superclasses_file is not None:
+        groups = sc.load_superclasses(opts.superclasses_file).assignment
+        if groups.shape != (splits.num_classes,):
+            raise ValueError(f"{opts.superclasses_file} maps {groups.size} classes, the data has {splits.num_classes}")
+    elif "superclasses" in opts.stages and needs_groups:
+        groups = superclasses_stage(dense, splits, holdout, opts, log)
+    elif "moe" in opts.stages and needs_groups:
+        path = opts.out / "superclasses.json"
+        if not path.exists():
+            raise FileNotFoundError(
+                f"routing='superclass' needs superclasses: {path} does not exist. Run the dense and superclass "
+                "stages first (the default), or pass --superclasses FILE"
+            )
+        groups = sc.load_superclasses(path).assignment
+
+    moe = None
+    if "moe" in opts.stages:
+        moe = _train_stage("moe", moe_config, data, opts, groups, log)
+        if moe is None:
+            return results
+
+    for name, model in (("dense", dense), ("moe", moe)):
+        if model is None:
+            continue
+        cost = count(model.config)
+        result = evaluate(model, splits.val_images, splits.val_labels)
+        entry = {"config": model.config.to_dict(), "flops": cost.flops, "params": cost.params,
+                 "active_params": cost.active_params, **result.as_dict()}
+        if name == "moe" and splits.true_groups is not None and groups is not None:
+            entry["superclasses_match_planted_groups"] = bool(_same_partition(groups, splits.true_groups))
+        results[name] = entry
+    if dense is not None and moe is not None:
+        results["delta_top1"] = results["moe"]["top1"] - results["dense"]["top1"]
+    tmp = opts.out / "results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    tmp.replace(opts.out / "results.json")
+    log(format_results(results))
+    return results
+
+
+def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two class -> group maps split the classes the same way (group ids may differ)."""
+    pairs = set(zip(np.asarray(a).tolist(), np.asarray(b).tolist()))
+    return len(pairs) == len(set(np.asarray(a).tolist())) == len(set(np.asarray(b).tolist()))
+
+
+def format_results(results: dict) -> str:
+    """The comparison table printed at the end of a run."""
+    rows = [("model", "params", "active", "MFLOPs", "top-1", "top-5", "router acc")]
+    for name in ("dense", "moe"):
+        r = results.get(name)
+        if r is None:
+            continue
+        router = "-" if r.get("router_accuracy") is None else f"{r['router_accuracy']:.1f}%"
+        c = r["config"]
+        label = f"{name} {c['layers']}x{c['dim']}" + (f" E={c['experts']} k={c['k']}" if name == "moe" else "")
+        rows.append((label, f"{r['params'] / 1e6:.2f}M", f"{r['active_params'] / 1e6:.2f}M",
+                     f"{r['flops'] / 1e6:.1f}", f"{r['top1']:.2f}%", f"{r['top5']:.2f}%", router))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    if "delta_top1" in results:
+        lines.append(f"MoE - dense top-1: {results['delta_top1']:+.2f} points (on {results['moe']['images']} val images)")
+    if results.get("moe", {}).get("expert_counts"):
+        lines.append(f"MoE images per expert on val: {results['moe']['expert_counts']}")
+    return "\n".join(lines)
+
+
+__all__ = ["PipelineOptions", "Splits", "format_results", "load_splits", "run_pipeline", "superclasses_stage"]

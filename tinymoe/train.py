@@ -1,0 +1,142 @@
+"""`python -m tinymoe.train`: the Mobile V-MoE protocol from the command line.
+
+    python -m tinymoe.train --layers 6 --dim 64                       # dense, superclasses, MoE, table
+    python -m tinymoe.train --layers 6 --dim 64 --data synthetic --epochs 3   # a one-minute demo
+    python -m tinymoe.train --layers 6 --dim 64 --model dense         # one stage only
+    python -m tinymoe.train ... --resume                              # continue an interrupted run
+
+See `tinymoe.pipeline` for what each stage does and writes. This module only turns flags into a
+PipelineOptions; the logic lives in the library.
+
+Only the standard library is imported at the top: NumPy's BLAS and Numba read their thread counts
+when they load, so `--threads` must be applied before anything imports them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m tinymoe.train",
+        description="Train a dense ViT and a Mobile V-MoE the paper's way and compare them.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    g = p.add_argument_group("data")
+    g.add_argument("--data", "--data-dir", dest="data", default="tiny-imagenet",
+                   help="'tiny-imagenet' (looked up in $TINYMOE_DATA or ./data), 'synthetic', or a path to the "
+                        "Tiny ImageNet zip/folder, a downsampled ImageNet folder, or train/ + val/ image folders")
+    g.add_argument("--download", action="store_true", help="download Tiny ImageNet if it is not found")
+    g.add_argument("--cache-dir", default=None, help="where decoded images are cached (default: see README)")
+    g.add_argument("--holdout-fraction", type=float, default=0.1,
+                   help="fraction of train (per class) held out for the superclass confusion matrix")
+
+    g = p.add_argument_group("model")
+    g.add_argument("--layers", type=int, default=6, help="transformer blocks in total")
+    g.add_argument("--dim", type=int, default=64, help="token width")
+    g.add_argument("--heads", type=int, default=None, help="attention heads (default: from the width, as the paper)")
+    g.add_argument("--patch-size", type=int, default=8, help="patch side in pixels (64 px / 8 = an 8x8 token grid)")
+    g.add_argument("--image-size", type=int, default=None, help="input side in pixels (default: the dataset's)")
+    g.add_argument("--model", choices=("both", "dense", "moe"), default="both",
+                   help="'both' runs the whole protocol; 'dense' or 'moe' one stage only")
+    g.add_argument("--experts", type=int, default=10, help="E, experts per MoE block")
+    g.add_argument("--k", type=int, default=1, help="experts per image")
+    g.add_argument("--moe-layers", type=int, default=2, help="L, the last L blocks are MoE blocks")
+    g.add_argument("--routing", choices=("superclass", "learned", "random", "token"), default="superclass")
+    g.add_argument("--router-weight", type=float, default=0.3, help="weight of the router's superclass loss")
+    g.add_argument("--router-input", choices=("class_token", "mean_tokens"), default="class_token")
+    g.add_argument("--superclasses", type=Path, default=None, help="use this superclasses JSON instead of computing it")
+
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=15)
+    g.add_argument("-b", "--batch-size", type=int, default=256)
+    g.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW)")
+    g.add_argument("--min-lr", type=float, default=1e-5, help="end of the cosine decay")
+    g.add_argument("--weight-decay", type=float, default=0.05)
+    g.add_argument("--warmup", "--warmup-epochs", dest="warmup", type=float, default=1.0, help="warmup epochs")
+    g.add_argument("--label-smoothing", "--smoothing", dest="label_smoothing", type=float, default=0.1)
+    g.add_argument("--clip-grad", type=float, default=1.0, help="max global gradient norm (0 = off)")
+    g.add_argument("--no-augment", action="store_true", help="no random crop / flip")
+    g.add_argument("--seed", type=int, default=0, help="data order, augmentation, held-out split, initial weights")
+    g.add_argument("--eval-every", type=int, default=1, help="evaluate on val every n epochs (0 = at the end)")
+    g.add_argument("--log-every", "--log-interval", dest="log_every", type=int, default=50)
+    g.add_argument("--max-steps", type=int, default=None, help="stop each stage after this many steps (smoke runs)")
+
+    g = p.add_argument_group("run")
+    g.add_argument("--out", "--output", dest="out", type=Path, default=None,
+                   help="output directory (default: runs/<layers>x<dim>-<data>)")
+    g.add_argument("--resume", action="store_true", help="continue interrupted stages from their last checkpoint")
+    g.add_argument("--threads", type=int, default=None,
+                   help="threads for NumPy's BLAS and Numba (default: all cores)")
+    return p
+
+
+def apply_threads(threads: int | None) -> int:
+    """Set the thread counts of BLAS and Numba through their environment variables (before they load)."""
+    n = threads or os.cpu_count() or 1
+    if n < 1:
+        raise SystemExit(f"error: --threads must be >= 1, got {n}")
+    if "numpy" in sys.modules:
+        print("warning: NumPy was already imported; --threads may not apply to its BLAS", file=sys.stderr)
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ[var] = str(n)
+    return n
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    apply_threads(args.threads)
+
+    # Heavy imports only now (see the module docstring).
+    from tinymoe.checkpoint import CheckpointError
+    from tinymoe.data import DatasetFormatError, DatasetNotFoundError, DownloadError, ImageDecodeError
+    from tinymoe.models import ConfigError, ModelConfig
+    from tinymoe.pipeline import PipelineOptions, load_splits, run_pipeline
+    from tinymoe.superclasses import SuperclassFileError
+    from tinymoe.training import TrainConfig, TrainingDiverged, TrainingInterrupted
+
+    expected = (CheckpointError, ConfigError, DatasetFormatError, DatasetNotFoundError, DownloadError,
+                ImageDecodeError, SuperclassFileError, TrainingDiverged, FileExistsError, FileNotFoundError)
+    try:
+        train = TrainConfig(
+            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, min_lr=args.min_lr,
+            weight_decay=args.weight_decay, warmup_epochs=args.warmup, label_smoothing=args.label_smoothing,
+            clip_grad=args.clip_grad or None, augment=not args.no_augment, seed=args.seed,
+            eval_every=args.eval_every, log_every=args.log_every, max_steps=args.max_steps,
+        )
+        splits = load_splits(args.data, experts=args.experts, download=args.download, cache_dir=args.cache_dir,
+                             seed=args.seed)
+        image_size = args.image_size or splits.image_size
+        if image_size != splits.image_size:
+            raise ConfigError(
+                f"--image-size {image_size}: the {splits.name} images are {splits.image_size} px; tinymoe does not "
+                "resize, so leave --image-size out or pass the dataset's size"
+            )
+        model = ModelConfig(
+            layers=args.layers, dim=args.dim, heads=args.heads, image_size=image_size, patch_size=args.patch_size,
+            num_classes=splits.num_classes, moe_layers=args.moe_layers, experts=args.experts, k=args.k,
+            routing=args.routing, router_weight=args.router_weight, router_input=args.router_input,
+        )
+        stages = {"both": ("dense", "superclasses", "moe"), "dense": ("dense",), "moe": ("moe",)}[args.model]
+        out = args.out or Path("runs") / f"{args.layers}x{args.dim}-{splits.name}"
+        opts = PipelineOptions(out=out, model=model, train=train, stages=stages,
+                               holdout_fraction=args.holdout_fraction, superclasses_file=args.superclasses,
+                               model_seed=args.seed, resume=args.resume)
+        print(f"tinymoe: {splits.name}, {splits.train_images.shape[0]} train / {splits.val_images.shape[0]} val "
+              f"images, {splits.num_classes} classes -> {out}", flush=True)
+        run_pipeline(splits, opts)
+    except TrainingInterrupted as stop:
+        print(f"\n{stop}", file=sys.stderr)
+        return 130
+    except expected as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

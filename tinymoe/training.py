@@ -1,0 +1,410 @@
+"""The training loop: AdamW with warmup + cosine decay, gradient clipping, label smoothing, periodic
+evaluation, metrics files, and checkpoints that make a run stoppable and exactly resumable.
+
+    trainer = Trainer(model, TrainConfig(epochs=15), data, out_dir="runs/dense")
+    summary = trainer.run(resume=True)      # continues from out_dir/last.npz if it exists
+
+What a run directory holds (`out_dir`):
+
+    train_config.json   the TrainConfig used (a resumed run must use the same one)
+    last.npz            checkpoint at the end of every epoch (and on Ctrl-C): model, optimizer moments,
+                        epoch, position inside the epoch, router-noise RNG state
+    model.npz           the final model, written when training completes (the stage's artefact)
+    metrics.jsonl       one JSON object per line: every `log_every` steps and every evaluation
+    summary.csv         one row per epoch: epoch, train_loss, eval_loss, eval_top1, eval_top5, lr
+
+Reproducibility: the batches of epoch e are a pure function of (seed, e) (see BatchLoader), the router
+noise comes from a generator whose state is checkpointed, and AdamW's moments are saved exactly, so a
+run stopped at any step and resumed gives the same parameters as one that never stopped (on the same
+machine with the same thread count: BLAS may sum in a different order with other thread counts).
+
+Model selection: the final model is the one after the last epoch. Nothing is chosen by validation
+accuracy, so the validation set stays an honest estimate (evaluations on it are reported only).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import signal
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from tinymoe.checkpoint import CheckpointError, load_checkpoint, load_into, save_checkpoint
+from tinymoe.data.batches import IMAGENET_MEAN, IMAGENET_STD, BatchLoader
+from tinymoe.evaluation import evaluate
+from tinymoe.optim import AdamW, warmup_cosine_lr
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 15  # passes over the training images
+    batch_size: int = 256  # images per optimizer step
+    lr: float = 2e-3  # peak learning rate, reached at the end of warmup
+    min_lr: float = 1e-5  # the cosine decay ends here
+    weight_decay: float = 0.05  # AdamW decoupled decay; biases, norms and embeddings are not decayed
+    warmup_epochs: float = 1.0  # linear warmup from 0 to lr over this many epochs
+    label_smoothing: float = 0.1  # classification target: 1 - s on the label, s spread over all classes
+    clip_grad: float | None = 1.0  # clip the global gradient norm to this; None = no clipping
+    augment: bool = True  # random crop (zero padding of `padding` px) + horizontal flip
+    padding: int = 4
+    seed: int = 0  # data order and augmentation; the model's init seed is separate
+    eval_every: int = 1  # evaluate on the eval set every n epochs (0: only at the end)
+    log_every: int = 50  # steps between metric lines
+    max_steps: int | None = None  # stop after this many steps (smoke runs); the schedule is unchanged
+    prefetch: int = 2  # batches prepared ahead in a background thread
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"TrainConfig: epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
+        if not (self.lr > 0 and self.min_lr >= 0 and self.weight_decay >= 0 and self.warmup_epochs >= 0):
+            raise ValueError("TrainConfig: lr must be > 0 and min_lr, weight_decay, warmup_epochs >= 0")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"TrainConfig: label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.clip_grad is not None and self.clip_grad <= 0:
+            raise ValueError(f"TrainConfig: clip_grad must be > 0 or None, got {self.clip_grad}")
+
+
+@dataclass
+class TrainingData:
+    """What a run trains and evaluates on: uint8 (N, H, W, 3) images and int labels."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    train_indices: np.ndarray | None = None  # a subset of the train arrays (e.g. train minus held-out)
+    eval_images: np.ndarray | None = None
+    eval_labels: np.ndarray | None = None
+    eval_name: str = "val"
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """Ctrl-C (or request_stop): the position was saved to `checkpoint`; run again with resume to continue."""
+
+    def __init__(self, message: str, checkpoint: Path):
+        super().__init__(message)
+        self.checkpoint = checkpoint
+
+
+@dataclass
+class TrainSummary:
+    steps: int
+    epochs: int  # epochs completed so far
+    completed: bool  # all epochs done (model.npz written)
+    seconds: float  # wall time of this call (not of earlier, interrupted calls)
+    images_per_second: float
+    final_train_loss: float | None
+    eval: dict | None  # the last evaluation's EvalResult.as_dict()
+    history: list[dict] = field(default_factory=list)  # one dict per epoch (the summary.csv rows)
+
+
+def no_decay(name: str, param) -> bool:
+    """Parameters excluded from weight decay, as in timm's ViT: biases and LayerNorm gains (1-D) and the
+    class token / position embedding. Decaying them only pulls them towards zero for no benefit."""
+    return param.ndim <= 1 or name.endswith(("cls_token", "pos_embed"))
+
+
+def make_optimizer(model, cfg: TrainConfig) -> AdamW:
+    decay, plain = [], []
+    for name, p in model.named_parameters():
+        (plain if no_decay(name, p) else decay).append(p)
+    groups = [{"params": decay}]
+    if plain:
+        groups.append({"params": plain, "weight_decay": 0.0})
+    return AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def clip_grad_norm(params, max_norm: float) -> float:
+    """Scale all gradients together so their global L2 norm is at most max_norm; return the norm before."""
+    grads = [p.grad for p in params if p.grad is not None]
+    total = math.sqrt(sum(float(np.vdot(g, g)) for g in grads))
+    if total > max_norm:
+        scale = np.float32(max_norm / (total + 1e-6))
+        for g in grads:
+            g *= scale.astype(g.dtype)
+    return total
+
+
+def _progress_enabled() -> bool:
+    return sys.stderr.isatty()
+
+
+class Trainer:
+    """Trains `model` on `data` with `cfg`, writing everything to `out_dir` (see the module docstring)."""
+
+    def __init__(self, model, cfg: TrainConfig, data: TrainingData, out_dir, *, log=print, progress: bool | None = None):
+        self.model, self.cfg, self.data = model, cfg, data
+        self.out_dir = Path(out_dir)
+        self.log = log
+        self.progress = _progress_enabled() if progress is None else progress
+        self.loader = BatchLoader(
+            data.train_images,
+            data.train_labels,
+            cfg.batch_size,
+            shuffle=True,
+            drop_last=True,  # equal batch sizes: every step's gradient has the same scale
+            seed=cfg.seed,
+            augment=cfg.augment,
+            padding=cfg.padding,
+            mean=data.mean,
+            std=data.std,
+            indices=data.train_indices,
+            prefetch=cfg.prefetch,
+        )
+        if len(self.loader) == 0:
+            raise ValueError(
+                f"Trainer: {self.loader.indices.size} training images give no full batch of {cfg.batch_size}; "
+                "lower the batch size"
+            )
+        self.steps_per_epoch = len(self.loader)
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        self.warmup_steps = int(round(cfg.warmup_epochs * self.steps_per_epoch))
+        self.optimizer = make_optimizer(model, cfg)
+        # Router noise (token routing) in training: its own generator, checkpointed with the run.
+        self.rng = np.random.default_rng([cfg.seed, 0x7E57])
+        self.step = 0  # optimizer steps done
+        self.history: list[dict] = []
+        self._stop_requested = False
+
+    # ----------------------------------------------------------------------------------------------
+    @property
+    def last_path(self) -> Path:
+        return self.out_dir / "last.npz"
+
+    @property
+    def final_path(self) -> Path:
+        return self.out_dir / "model.npz"
+
+    def _save_last(self, epoch: int, position: int) -> None:
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "rng": self.rng.bit_generator.state,
+            "step": self.step,
+            "epoch": epoch,
+            "position": position,  # steps already done inside `epoch`
+            "history": self.history,
+        }
+        save_checkpoint(self.last_path, self.model, state=state, metadata={"train_config": asdict(self.cfg)})
+
+    def _restore(self) -> tuple[int, int]:
+        """Load last.npz into the model/optimizer/RNG; return (epoch, position) to continue from."""
+        ckpt = load_checkpoint(self.last_path)
+        saved_cfg = ckpt.metadata.get("train_config")
+        if saved_cfg != asdict(self.cfg):
+            changed = sorted(k for k in asdict(self.cfg) if (saved_cfg or {}).get(k) != asdict(self.cfg)[k])
+            raise CheckpointError(
+                f"{self.last_path}: was written with a different training configuration (differs in {changed}); "
+                "resume with the same settings, or use a new output directory"
+            )
+        load_into(ckpt, self.model)
+        state = ckpt.state
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.rng.bit_generator.state = state["rng"]
+        self.step = int(state["step"])
+        self.history = list(state["history"])
+        return int(state["epoch"]), int(state["position"])
+
+    def _write_config(self) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / "train_config.json").write_text(json.dumps(asdict(self.cfg), indent=2) + "\n")
+
+    def _append_metrics(self, record: dict) -> None:
+        with open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def _write_summary_csv(self) -> None:
+        columns = ["epoch", "train_loss", "eval_loss", "eval_top1", "eval_top5", "lr"]
+        tmp = self.out_dir / "summary.csv.tmp"
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(self.history)
+        tmp.replace(self.out_dir / "summary.csv")
+
+    def _evaluate(self) -> dict | None:
+        d = self.data
+        if d.eval_images is None:
+            return None
+        result = evaluate(self.model, d.eval_images, d.eval_labels, batch_size=256, mean=d.mean, std=d.std)
+        return result.as_dict()
+
+    # ----------------------------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        """Ask the run to save its position and stop after the current step (what Ctrl-C does)."""
+        self._stop_requested = True
+
+    def _on_sigint(self, signum, frame) -> None:
+        if self._stop_requested:  # a second Ctrl-C: the user really wants out now
+            raise KeyboardInterrupt
+        self._stop_requested = True
+        self.log("\nCtrl-C: finishing this step, saving a checkpoint, then stopping (Ctrl-C again to abort)")
+
+    def run(self, resume: bool = False) -> TrainSummary:
+        """Train to the end (or to cfg.max_steps). With resume=True, continue from last.npz if present.
+
+        Ctrl-C does not kill the run mid-update: it lets the current step finish, saves last.npz at
+        that exact position and raises TrainingInterrupted (the CLI turns it into a message and exit
+        code 130). A second Ctrl-C aborts at once.
+        """
+        self._write_config()
+        start_epoch, position = 0, 0
+        if resume and self.last_path.exists():
+            start_epoch, position = self._restore()
+            self.log(f"resuming from {self.last_path}: epoch {start_epoch + 1}, step {self.step}")
+        elif self.last_path.exists() and not resume:
+            raise FileExistsError(
+                f"{self.last_path} exists: a run was already started in {self.out_dir}; pass resume to continue "
+                "it, or choose another output directory"
+            )
+        self._stop_requested = False
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        previous_handler = signal.signal(signal.SIGINT, self._on_sigint) if in_main_thread else None
+        try:
+            return self._run_epochs(start_epoch, position)
+        finally:
+            if in_main_thread:
+                signal.signal(signal.SIGINT, previous_handler)
+
+    def _run_epochs(self, start_epoch: int, position: int) -> TrainSummary:
+        cfg = self.cfg
+        self.model.train()
+        started = time.perf_counter()
+        images_seen, last_eval, train_loss = 0, None, None
+        for epoch in range(start_epoch, cfg.epochs):
+            losses, correct, seen, expert_counts = [], 0, 0, None
+            t_epoch = time.perf_counter()
+            bar = tqdm(
+                total=self.steps_per_epoch, initial=position, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                disable=not self.progress, leave=False, dynamic_ncols=True,
+            )
+            batches = self.loader.epoch(epoch)
+            for index, (x, y) in enumerate(batches):
+                if index < position:  # resuming mid-epoch: these batches were already trained on
+                    continue
+                if self._stop_requested or (cfg.max_steps is not None and self.step >= cfg.max_steps):
+                    break
+                lr = warmup_cosine_lr(self.step, self.total_steps, self.warmup_steps, cfg.lr, cfg.min_lr)
+                terms, out = self._train_step(x, y, lr)
+                position = index + 1
+                images_seen += y.size
+                losses.append(terms["loss"])
+                correct += int(np.sum(np.argmax(out.logits.data, axis=1) == y))
+                seen += y.size
+                counts = out.expert_counts()
+                if counts is not None:
+                    expert_counts = counts if expert_counts is None else expert_counts + counts
+                rate = seen / max(time.perf_counter() - t_epoch, 1e-9)
+                bar.set_postfix(loss=f"{terms['loss']:.3f}", acc=f"{100 * correct / seen:.1f}", img_s=f"{rate:.0f}")
+                bar.update(1)
+                if self.step % cfg.log_every == 0:
+                    self._append_metrics({"step": self.step, "epoch": epoch + 1, "lr": lr, **terms})
+            bar.close()
+            batches.close()  # a generator: closing it stops the prefetch thread now, not at garbage collection
+            if position < self.steps_per_epoch:  # stopped inside the epoch: Ctrl-C or max_steps
+                self._save_last(epoch, position)
+                if self._stop_requested:
+                    raise TrainingInterrupted(
+                        f"interrupted at step {self.step} (epoch {epoch + 1}, batch {position}); saved "
+                        f"{self.last_path}; run the same command with --resume to continue",
+                        self.last_path,
+                    )
+                break
+            train_loss = float(np.mean(losses)) if losses else None
+            row = {
+                "epoch": epoch + 1,
+                "train_loss": train_loss,
+                "train_top1": 100 * correct / max(seen, 1),
+                "lr": warmup_cosine_lr(self.step, self.total_steps, self.warmup_steps, cfg.lr, cfg.min_lr),
+                "seconds": time.perf_counter() - t_epoch,
+            }
+            if expert_counts is not None:
+                row["expert_counts"] = [int(c) for c in expert_counts]
+                self._warn_on_collapse(epoch, expert_counts)
+            if epoch + 1 == cfg.epochs or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
+                last_eval = self._evaluate()
+                if last_eval is not None:
+                    row.update(eval_loss=last_eval["loss"], eval_top1=last_eval["top1"], eval_top5=last_eval["top5"])
+                    self._append_metrics({"step": self.step, "epoch": epoch + 1, "eval": self.data.eval_name, **last_eval})
+            self.history.append(row)
+            self._write_summary_csv()
+            self.log(self._epoch_line(row))
+            position = 0
+            self._save_last(epoch + 1, 0)
+
+        completed = bool(self.history) and self.history[-1]["epoch"] == cfg.epochs
+        if completed:
+            save_checkpoint(self.final_path, self.model, metadata={"train_config": asdict(cfg), "history": self.history})
+        seconds = time.perf_counter() - started
+        return TrainSummary(
+            steps=self.step,
+            epochs=len(self.history),
+            completed=completed,
+            seconds=seconds,
+            images_per_second=images_seen / max(seconds, 1e-9),
+            final_train_loss=train_loss,
+            eval=last_eval,
+            history=self.history,
+        )
+
+    def _train_step(self, x: np.ndarray, y: np.ndarray, lr: float):
+        cfg = self.cfg
+        out = self.model(x, rng=self.rng)
+        terms = self.model.loss(out, y, label_smoothing=cfg.label_smoothing)
+        values = terms.as_dict()
+        if not math.isfinite(values["loss"]):
+            where = f"last good checkpoint: {self.last_path}" if self.last_path.exists() else "no checkpoint yet"
+            raise TrainingDiverged(
+                f"the loss became {values['loss']} at step {self.step + 1} ({values}); {where}. "
+                "Lower --lr, enable --clip-grad, or check the input data for NaN"
+            )
+        self.optimizer.zero_grad()
+        terms.total.backward()
+        if cfg.clip_grad is not None:
+            values["grad_norm"] = clip_grad_norm(self.optimizer.params, cfg.clip_grad)
+        self.optimizer.lr = lr
+        self.optimizer.step()
+        self.step += 1
+        return values, out
+
+    def _warn_on_collapse(self, epoch: int, counts: np.ndarray) -> None:
+        """Expert collapse (most images to one or two experts) is the classic MoE failure: say so."""
+        share = counts / max(counts.sum(), 1)
+        idle = int(np.sum(counts == 0))
+        if idle or share.max() > 0.5:
+            self.log(
+                f"warning: uneven expert load in epoch {epoch + 1}: {idle} of {counts.size} experts got no images, "
+                f"the busiest got {100 * share.max():.0f}% (counts {counts.tolist()})"
+            )
+
+    def _epoch_line(self, row: dict) -> str:
+        parts = [f"epoch {row['epoch']}", f"train loss {row['train_loss']:.4f}", f"train top1 {row['train_top1']:.2f}%"]
+        if "eval_top1" in row:
+            parts.append(f"{self.data.eval_name} top1 {row['eval_top1']:.2f}% top5 {row['eval_top5']:.2f}%")
+        parts.append(f"lr {row['lr']:.2e}")
+        parts.append(f"{row['seconds']:.0f}s")
+        return " | ".join(parts)
+
+
+__all__ = [
+    "TrainConfig",
+    "TrainSummary",
+    "Trainer",
+    "TrainingData",
+    "TrainingDiverged",
+    "TrainingInterrupted",
+    "clip_grad_norm",
+    "make_optimizer",
+    "no_decay",
+]
