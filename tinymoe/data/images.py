@@ -132,12 +132,15 @@ def decode_many(
             return
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tinymoe-decode") as pool:
             pending = {pool.submit(decode_chunk, s) for s in starts}
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-                for future in done:
-                    if future.exception() is not None:
-                        stop.set()
-                        for other in pending:
-                            other.cancel()
-                        raise future.exception()
-                    bar.update(future.result())
+            try:
+                while pending:
+                    done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                    for future in done:
+                        if future.exception() is not None:
+                            raise future.exception()
+                        bar.update(future.result())
+            except BaseException:  # a bad image, or Ctrl-C: stop the other chunks instead of finishing them
+                stop.set()
+                for future in pending:
+                    future.cancel()
+                raise
