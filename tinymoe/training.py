@@ -110,6 +110,11 @@ class TrainSummary:
     history: list[dict] = field(default_factory=list)  # one dict per epoch (the summary.csv rows)
 
 
+# Settings that only change when the run stops, what it logs, or how batches are prepared, not the
+# numbers it computes: a run may be resumed with other values of these.
+_DOES_NOT_CHANGE_RESULTS = {"max_steps", "log_every", "eval_every", "prefetch"}
+
+
 def no_decay(name: str, param) -> bool:
     """Parameters excluded from weight decay, as in timm's ViT: biases and LayerNorm gains (1-D) and the
     class token / position embedding. Decaying them only pulls them towards zero for no benefit."""
@@ -176,6 +181,7 @@ class Trainer:
         self.rng = np.random.default_rng([cfg.seed, 0x7E57])
         self.step = 0  # optimizer steps done
         self.history: list[dict] = []
+        self._epoch_stats = self._new_epoch_stats()
         self._stop_requested = False
 
     # ----------------------------------------------------------------------------------------------
@@ -194,6 +200,7 @@ class Trainer:
             "step": self.step,
             "epoch": epoch,
             "position": position,  # steps already done inside `epoch`
+            "epoch_stats": self._epoch_stats,  # what the epoch's summary row is computed from, so far
             "history": self.history,
         }
         save_checkpoint(self.last_path, self.model, state=state, metadata={"train_config": asdict(self.cfg)})
@@ -201,9 +208,11 @@ class Trainer:
     def _restore(self) -> tuple[int, int]:
         """Load last.npz into the model/optimizer/RNG; return (epoch, position) to continue from."""
         ckpt = load_checkpoint(self.last_path)
-        saved_cfg = ckpt.metadata.get("train_config")
-        if saved_cfg != asdict(self.cfg):
-            changed = sorted(k for k in asdict(self.cfg) if (saved_cfg or {}).get(k) != asdict(self.cfg)[k])
+        saved_cfg = ckpt.metadata.get("train_config") or {}
+        changed = sorted(
+            k for k, v in asdict(self.cfg).items() if k not in _DOES_NOT_CHANGE_RESULTS and saved_cfg.get(k) != v
+        )
+        if changed:
             raise CheckpointError(
                 f"{self.last_path}: was written with a different training configuration (differs in {changed}); "
                 "resume with the same settings, or use a new output directory"
@@ -214,6 +223,7 @@ class Trainer:
         self.rng.bit_generator.state = state["rng"]
         self.step = int(state["step"])
         self.history = list(state["history"])
+        self._epoch_stats = dict(state["epoch_stats"])
         return int(state["epoch"]), int(state["position"])
 
     def _write_config(self) -> None:
@@ -283,7 +293,7 @@ class Trainer:
         started = time.perf_counter()
         images_seen, last_eval, train_loss = 0, None, None
         for epoch in range(start_epoch, cfg.epochs):
-            losses, correct, seen, expert_counts = [], 0, 0, None
+            stats = self._epoch_stats
             t_epoch = time.perf_counter()
             bar = tqdm(
                 total=self.steps_per_epoch, initial=position, desc=f"epoch {epoch + 1}/{cfg.epochs}",
@@ -299,14 +309,16 @@ class Trainer:
                 terms, out = self._train_step(x, y, lr)
                 position = index + 1
                 images_seen += y.size
-                losses.append(terms["loss"])
-                correct += int(np.sum(np.argmax(out.logits.data, axis=1) == y))
-                seen += y.size
+                stats["loss_sum"] += terms["loss"]
+                stats["steps"] += 1
+                stats["correct"] += int(np.sum(np.argmax(out.logits.data, axis=1) == y))
+                stats["seen"] += int(y.size)
                 counts = out.expert_counts()
                 if counts is not None:
-                    expert_counts = counts if expert_counts is None else expert_counts + counts
-                rate = seen / max(time.perf_counter() - t_epoch, 1e-9)
-                bar.set_postfix(loss=f"{terms['loss']:.3f}", acc=f"{100 * correct / seen:.1f}", img_s=f"{rate:.0f}")
+                    stats["expert_counts"] = counts if stats["expert_counts"] is None else stats["expert_counts"] + counts
+                rate = images_seen / max(time.perf_counter() - started, 1e-9)
+                accuracy = 100 * stats["correct"] / stats["seen"]
+                bar.set_postfix(loss=f"{terms['loss']:.3f}", acc=f"{accuracy:.1f}", img_s=f"{rate:.0f}")
                 bar.update(1)
                 if self.step % cfg.log_every == 0:
                     self._append_metrics({"step": self.step, "epoch": epoch + 1, "lr": lr, **terms})
@@ -321,17 +333,17 @@ class Trainer:
                         self.last_path,
                     )
                 break
-            train_loss = float(np.mean(losses)) if losses else None
+            train_loss = stats["loss_sum"] / stats["steps"]
             row = {
                 "epoch": epoch + 1,
                 "train_loss": train_loss,
-                "train_top1": 100 * correct / max(seen, 1),
+                "train_top1": 100 * stats["correct"] / stats["seen"],
                 "lr": warmup_cosine_lr(self.step, self.total_steps, self.warmup_steps, cfg.lr, cfg.min_lr),
                 "seconds": time.perf_counter() - t_epoch,
             }
-            if expert_counts is not None:
-                row["expert_counts"] = [int(c) for c in expert_counts]
-                self._warn_on_collapse(epoch, expert_counts)
+            if stats["expert_counts"] is not None:
+                row["expert_counts"] = [int(c) for c in stats["expert_counts"]]
+                self._warn_on_collapse(epoch, stats["expert_counts"])
             if epoch + 1 == cfg.epochs or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
                 last_eval = self._evaluate()
                 if last_eval is not None:
@@ -341,6 +353,7 @@ class Trainer:
             self._write_summary_csv()
             self.log(self._epoch_line(row))
             position = 0
+            self._epoch_stats = self._new_epoch_stats()
             self._save_last(epoch + 1, 0)
 
         completed = bool(self.history) and self.history[-1]["epoch"] == cfg.epochs
@@ -358,17 +371,21 @@ class Trainer:
             history=self.history,
         )
 
+    @staticmethod
+    def _new_epoch_stats() -> dict:
+        return {"loss_sum": 0.0, "steps": 0, "correct": 0, "seen": 0, "expert_counts": None}
+
     def _train_step(self, x: np.ndarray, y: np.ndarray, lr: float):
         cfg = self.cfg
         out = self.model(x, rng=self.rng)
+        # Check the outputs before the loss: cross_entropy refuses non-finite logits with a ValueError,
+        # but here the right report is *which step* diverged and where the last good state is.
+        if not np.all(np.isfinite(out.logits.data)):
+            self._diverged("the model's logits contain NaN or inf")
         terms = self.model.loss(out, y, label_smoothing=cfg.label_smoothing)
         values = terms.as_dict()
         if not math.isfinite(values["loss"]):
-            where = f"last good checkpoint: {self.last_path}" if self.last_path.exists() else "no checkpoint yet"
-            raise TrainingDiverged(
-                f"the loss became {values['loss']} at step {self.step + 1} ({values}); {where}. "
-                "Lower --lr, enable --clip-grad, or check the input data for NaN"
-            )
+            self._diverged(f"the loss became {values['loss']} ({values})")
         self.optimizer.zero_grad()
         terms.total.backward()
         if cfg.clip_grad is not None:
@@ -378,14 +395,22 @@ class Trainer:
         self.step += 1
         return values, out
 
+    def _diverged(self, what: str):
+        where = f"the last good checkpoint is {self.last_path}" if self.last_path.exists() else "no checkpoint was saved yet"
+        raise TrainingDiverged(
+            f"training diverged at step {self.step + 1}: {what}; {where}. Lower --lr, use --clip-grad, "
+            "or check the input data for NaN; then resume from the checkpoint or start again"
+        )
+
     def _warn_on_collapse(self, epoch: int, counts: np.ndarray) -> None:
         """Expert collapse (most images to one or two experts) is the classic MoE failure: say so."""
         share = counts / max(counts.sum(), 1)
         idle = int(np.sum(counts == 0))
         if idle or share.max() > 0.5:
+            idle_text = f"{idle} of {counts.size} experts got no images; " if idle else ""
             self.log(
-                f"warning: uneven expert load in epoch {epoch + 1}: {idle} of {counts.size} experts got no images, "
-                f"the busiest got {100 * share.max():.0f}% (counts {counts.tolist()})"
+                f"warning: uneven expert load in epoch {epoch + 1}: {idle_text}the busiest expert got "
+                f"{100 * share.max():.0f}% (counts {counts.tolist()}); see README, 'Expert collapse'"
             )
 
     def _epoch_line(self, row: dict) -> str:
