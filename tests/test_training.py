@@ -191,3 +191,28 @@ def test_cli_reports_a_missing_dataset_clearly(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert done.stderr.startswith("error: ") and "Traceback" not in done.stderr
+
+
+def test_evaluate_cli_scores_a_checkpoint(tmp_path):
+    train = [sys.executable, "-m", "tinymoe.train", "--data", "synthetic", "--layers", "2", "--dim", "16", "--heads",
+             "2", "--experts", "3", "--moe-layers", "1", "--epochs", "1", "-b", "32", "--out", str(tmp_path),
+             "--threads", "1"]
+    assert subprocess.run(train, capture_output=True, timeout=300).returncode == 0
+    for stage, router in (("dense", False), ("moe-superclass", True)):
+        done = subprocess.run([sys.executable, "-m", "tinymoe.evaluate", str(tmp_path / stage / "model.npz"),
+                               "--data", "synthetic", "--json", "--threads", "1"],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        result = json.loads(done.stdout)
+        assert result["images"] == 270 and 0 <= result["top1"] <= result["top5"] <= 100
+        assert (result["router_accuracy"] is not None) == router
+        if router:
+            assert sum(result["expert_counts"]) == 270
+
+
+def test_evaluate_cli_reports_a_corrupt_checkpoint(tmp_path):
+    bad = tmp_path / "model.npz"
+    bad.write_bytes(b"PK\x03\x04 not really a zip")
+    done = subprocess.run([sys.executable, "-m", "tinymoe.evaluate", str(bad), "--data", "synthetic"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stderr.startswith("error: ") and "model.npz" in done.stderr

@@ -1,0 +1,71 @@
+"""`python -m tinymoe.evaluate CHECKPOINT --data PATH [--split val] [--json]`: score a saved model.
+
+Prints top-1 and top-5 accuracy (and, for a Mobile V-MoE, how often the router picks the image's
+superclass and how many images each expert gets) on any dataset `python -m tinymoe.train` reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from tinymoe.train import apply_threads
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tinymoe.evaluate", description=__doc__.splitlines()[0])
+    p.add_argument("checkpoint", type=Path, help="a model checkpoint (.npz) written by tinymoe")
+    p.add_argument("--data", default="tiny-imagenet", help="as for python -m tinymoe.train")
+    p.add_argument("--split", choices=("val", "train"), default="val")
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("-b", "--batch-size", type=int, default=256)
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--threads", type=int, default=None, help="threads for BLAS and Numba (default: all cores)")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    apply_threads(args.threads)
+
+    from tinymoe.checkpoint import CheckpointError, load_model
+    from tinymoe.data import DatasetFormatError, DatasetNotFoundError, ImageDecodeError
+    from tinymoe.evaluation import evaluate
+    from tinymoe.models import count
+    from tinymoe.pipeline import load_splits
+
+    try:
+        model = load_model(args.checkpoint)
+        c = model.config
+        splits = load_splits(args.data, experts=c.experts, cache_dir=args.cache_dir)
+        if splits.num_classes != c.num_classes or splits.image_size != c.image_size:
+            raise DatasetFormatError(
+                f"{args.checkpoint} is a model of {c.num_classes} classes on {c.image_size} px images, but "
+                f"{splits.name} has {splits.num_classes} classes of {splits.image_size} px"
+            )
+        images, labels = (
+            (splits.val_images, splits.val_labels) if args.split == "val" else (splits.train_images, splits.train_labels)
+        )
+        result = evaluate(model, images, labels, batch_size=args.batch_size).as_dict()
+    except (CheckpointError, DatasetFormatError, DatasetNotFoundError, ImageDecodeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    cost = count(c)
+    result.update(checkpoint=str(args.checkpoint), dataset=splits.name, split=args.split, model=c.describe(),
+                  flops=cost.flops, params=cost.params, active_params=cost.active_params)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{c.describe()}\n{splits.name} {args.split}: {result['images']} images")
+    print(f"top-1 {result['top1']:.2f}%   top-5 {result['top5']:.2f}%   loss {result['loss']:.4f}")
+    if result["router_accuracy"] is not None:
+        print(f"router picks the image's superclass: {result['router_accuracy']:.2f}%")
+    if result["expert_counts"] is not None:
+        print(f"images per expert: {result['expert_counts']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
