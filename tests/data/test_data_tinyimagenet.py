@@ -211,6 +211,8 @@ def test_subset_options(tiny_zip, tmp_path, build):
         data.index_tiny_imagenet(zip_path, "train", classes=4)
     with pytest.raises(ValueError, match="split must be one of"):
         data.load_tiny_imagenet(zip_path, "test")
+    with pytest.raises(ValueError, match="limit must be a positive number"):
+        data.load_tiny_imagenet(zip_path, "train", limit=0)
 
 
 def test_cache_false_writes_nothing(tiny_zip, tmp_path):

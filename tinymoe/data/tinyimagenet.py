@@ -255,13 +255,13 @@ def index_tiny_imagenet(
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r} (test/ is unlabelled and not supported)")
-    if limit is not None and limit < 1:
-        raise ValueError(f"limit must be a positive number of images per class, got {limit}")
     source = _open_source(find_tiny_imagenet(root))
     return _index(source, split, classes, limit)
 
 
 def _index(source, split: str, classes, limit: int | None) -> TinyImageNetIndex:
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be a positive number of images per class, got {limit}")
     all_wnids = _read_text(source, "wnids.txt", "it defines the class order").split()
     if len(set(all_wnids)) != len(all_wnids) or not all_wnids:
         raise DatasetFormatError(f"wnids.txt in {source} is empty or repeats a wnid")
