@@ -35,6 +35,21 @@ cross_entropy_backward = register("cross_entropy_backward", reference=softmax.cr
 attention_forward = register("attention_forward", reference=attention.attention_forward)
 attention_backward = register("attention_backward", reference=attention.attention_backward)
 
+# Numba versions, registered beside their references (each in the "Numba versions" section of its
+# module). They run under the "numba" backend; bench/kernels.py times each against its reference.
+register("gelu_forward", numba=activation.gelu_forward_numba)
+register("gelu_backward", numba=activation.gelu_backward_numba)
+register("layer_norm_forward", numba=norm.layer_norm_forward_numba)
+register("layer_norm_backward", numba=norm.layer_norm_backward_numba)
+register("softmax_forward", numba=softmax.softmax_forward_numba)
+register("softmax_backward", numba=softmax.softmax_backward_numba)
+register("log_softmax_forward", numba=softmax.log_softmax_forward_numba)
+register("log_softmax_backward", numba=softmax.log_softmax_backward_numba)
+register("cross_entropy_forward", numba=softmax.cross_entropy_forward_numba)
+register("cross_entropy_backward", numba=softmax.cross_entropy_backward_numba)
+register("attention_forward", numba=attention.attention_forward_numba)
+register("attention_backward", numba=attention.attention_backward_numba)
+
 __all__ = [
     "active_backend",
     "register",

@@ -72,3 +72,117 @@ def layer_norm_backward(
     dweight = None if weight is None else np.sum(grad_out * xhat, axis=rows)  # (D,)
     dbias = np.sum(grad_out, axis=rows) if has_bias else None  # (D,)
     return dx, dweight, dbias
+
+
+# ------------------------------------------------------------------------------------------------------
+# Numba versions (registered beside the references in tinymoe/kernels/__init__.py)
+#
+# One row at a time, in parallel over rows: the row (D numbers) stays in L1 cache for its three passes
+# (mean, variance, output), where the reference streams the whole (..., D) array through memory once per
+# NumPy expression. Row sums are accumulated in float64, the only place rounding errors build up.
+# The backward splits the rows into one chunk per thread; each chunk sums its own partial dweight and
+# dbias (no two threads write the same memory), and the partials are added at the end.
+# ------------------------------------------------------------------------------------------------------
+
+import numba  # noqa: E402
+from numba import njit, prange  # noqa: E402
+
+
+@njit(cache=True, fastmath=False, nogil=True, parallel=True)
+def _layer_norm_forward_rows(x, weight, bias, eps, y, mean, rstd):
+    """x (M, D) -> y (M, D), mean (M,), rstd (M,)."""
+    rows, dim = x.shape
+    for r in prange(rows):
+        total = 0.0
+        for j in range(dim):
+            total += x[r, j]
+        mu = total / dim
+        sq = 0.0
+        for j in range(dim):
+            d = x[r, j] - mu
+            sq += d * d
+        mean[r] = mu  # stored in x's dtype, then read back, so y uses the same rounded values as
+        rstd[r] = 1.0 / np.sqrt(sq / dim + eps)  # the reference (which computes everything in x's dtype)
+        m = mean[r]
+        s = rstd[r]
+        for j in range(dim):
+            y[r, j] = (x[r, j] - m) * s * weight[j] + bias[j]
+
+
+@njit(cache=True, fastmath=False, nogil=True, parallel=True)
+def _layer_norm_backward_rows(g, x, weight, mean, rstd, dx, dweight_parts, dbias_parts):
+    """g, x (M, D) -> dx (M, D); per-chunk partial sums dweight_parts, dbias_parts (chunks, D) float64."""
+    rows, dim = x.shape
+    chunks = dweight_parts.shape[0]
+    for c in prange(chunks):
+        dw = dweight_parts[c]
+        db = dbias_parts[c]
+        for r in range(c * rows // chunks, (c + 1) * rows // chunks):
+            m = mean[r]
+            s = rstd[r]
+            sum_ghat = 0.0
+            sum_ghat_xhat = 0.0
+            for j in range(dim):
+                xhat = (x[r, j] - m) * s
+                ghat = g[r, j] * weight[j]
+                sum_ghat += ghat
+                sum_ghat_xhat += ghat * xhat
+                dw[j] += g[r, j] * xhat
+                db[j] += g[r, j]
+            mean_ghat = x.dtype.type(sum_ghat / dim)
+            mean_ghat_xhat = x.dtype.type(sum_ghat_xhat / dim)
+            for j in range(dim):
+                xhat = (x[r, j] - m) * s
+                # dx = rstd * (ghat - mean(ghat) - xhat * mean(ghat * xhat)), as in the reference
+                dx[r, j] = s * (g[r, j] * weight[j] - mean_ghat - xhat * mean_ghat_xhat)
+
+
+def _as_rows(x: np.ndarray) -> np.ndarray:
+    """(..., D) -> contiguous (M, D) (a copy only when x is not already C-contiguous)."""
+    return np.ascontiguousarray(x).reshape(-1, x.shape[-1])
+
+
+def layer_norm_forward_numba(x: np.ndarray, weight: np.ndarray | None, bias: np.ndarray | None, eps: float):
+    """Same as `layer_norm_forward`: (y, mean, rstd) with mean, rstd of shape (..., 1)."""
+    if x.dtype not in (np.float32, np.float64):
+        return layer_norm_forward(x, weight, bias, eps)  # float16: the jitted kernels are not compiled for it
+    dim = x.shape[-1]
+    x2 = _as_rows(x)  # (M, D)
+    # A missing weight (bias) is the same as ones (zeros); passing arrays keeps one compiled version.
+    w = np.ones(dim, x.dtype) if weight is None else np.ascontiguousarray(weight, dtype=x.dtype)
+    b = np.zeros(dim, x.dtype) if bias is None else np.ascontiguousarray(bias, dtype=x.dtype)
+    y = np.empty_like(x2)
+    mean = np.empty(x2.shape[0], x.dtype)
+    rstd = np.empty(x2.shape[0], x.dtype)
+    _layer_norm_forward_rows(x2, w, b, float(eps), y, mean, rstd)
+    stats_shape = x.shape[:-1] + (1,)
+    return y.reshape(x.shape), mean.reshape(stats_shape), rstd.reshape(stats_shape)
+
+
+def layer_norm_backward_numba(
+    grad_out: np.ndarray,
+    x: np.ndarray,
+    weight: np.ndarray | None,
+    mean: np.ndarray,
+    rstd: np.ndarray,
+    has_bias: bool = True,
+):
+    """Same as `layer_norm_backward`: (dx, dweight, dbias)."""
+    if x.dtype not in (np.float32, np.float64) or grad_out.dtype != x.dtype:
+        return layer_norm_backward(grad_out, x, weight, mean, rstd, has_bias)
+    dim = x.shape[-1]
+    x2 = _as_rows(x)
+    g2 = _as_rows(np.broadcast_to(grad_out, x.shape))
+    w = np.ones(dim, x.dtype) if weight is None else np.ascontiguousarray(weight, dtype=x.dtype)
+    rows = x2.shape[0]
+    chunks = max(1, min(numba.get_num_threads(), rows))
+    dx = np.empty_like(x2)
+    dweight_parts = np.zeros((chunks, dim))  # float64 partial sums, one row per chunk of rows
+    dbias_parts = np.zeros((chunks, dim))
+    _layer_norm_backward_rows(
+        g2, x2, w, np.ascontiguousarray(mean).reshape(-1), np.ascontiguousarray(rstd).reshape(-1),
+        dx, dweight_parts, dbias_parts,
+    )
+    dweight = None if weight is None else dweight_parts.sum(axis=0).astype(x.dtype)
+    dbias = dbias_parts.sum(axis=0).astype(x.dtype) if has_bias else None
+    return dx.reshape(x.shape), dweight, dbias
