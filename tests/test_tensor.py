@@ -82,11 +82,6 @@ def test_backward_through_a_freed_graph_is_a_clear_error():
         y.backward()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine gap (reported): backward only checks that the *output* was not freed; an intermediate "
-    "whose graph was freed acts as a leaf, so x silently misses the second contribution",
-)
 def test_backward_through_a_freed_intermediate_is_an_error():
     x = Tensor(np.array([1.0, 2.0]), requires_grad=True)
     y = x * x

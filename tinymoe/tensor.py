@@ -206,6 +206,13 @@ class Tensor:
 
         grads: dict[int, np.ndarray] = {id(self): grad}
         for node in reversed(self._topological_order()):
+            if node._graph_freed:
+                # An intermediate whose record was dropped by an earlier backward(): treating it as a
+                # leaf would silently lose the gradient of everything it was computed from.
+                raise RuntimeError(
+                    f"backward() reached a tensor made by op '{node._op}' whose graph was freed by an earlier "
+                    "backward(); call that first backward(retain_graph=True), or recompute the tensor"
+                )
             g = grads.pop(id(node), None)
             if g is None:  # the node feeds into nothing that leads to `self`
                 continue
