@@ -16,7 +16,7 @@ backend. The ops call these, never the reference functions directly, so register
 (`backend.register(name, numba=fn)`) is all it takes to make every op use it.
 """
 
-from tinymoe.kernels import activation, attention, linear, norm, softmax
+from tinymoe.kernels import activation, attention, expert, linear, norm, softmax
 from tinymoe.kernels.backend import active_backend, register, report, require_numba, use_backend, using
 
 # The table of kernels: name -> reference implementation. Numba versions are registered beside these.
@@ -50,6 +50,14 @@ register("cross_entropy_backward", numba=softmax.cross_entropy_backward_numba)
 register("attention_forward", numba=attention.attention_forward_numba)
 register("attention_backward", numba=attention.attention_backward_numba)
 
+# The expert MLPs of an MoE block (tinymoe.kernels.expert), reference and Numba together.
+expert_mlp_forward = register(
+    "expert_mlp_forward", reference=expert.expert_mlp_forward, numba=expert.expert_mlp_forward_numba
+)
+expert_mlp_backward = register(
+    "expert_mlp_backward", reference=expert.expert_mlp_backward, numba=expert.expert_mlp_backward_numba
+)
+
 __all__ = [
     "active_backend",
     "register",
@@ -71,4 +79,6 @@ __all__ = [
     "cross_entropy_backward",
     "attention_forward",
     "attention_backward",
+    "expert_mlp_forward",
+    "expert_mlp_backward",
 ]

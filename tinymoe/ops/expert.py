@@ -1,0 +1,65 @@
+"""expert_mlp: the expert MLPs of an MoE block as one fused op (gather, two linear maps with GELU, gate,
+scatter back), for experts grouped by expert as `tinymoe.models.routing.plan_dispatch` lists them.
+
+Built from primitives, the same computation is take, expert_linear, gelu, expert_linear, take of the
+gates, a broadcast multiply and scatter_add: seven graph nodes, each holding its output for the
+backward, and np.add.at in two backward passes. Fused, the op keeps the pre-activation h, the GELU
+output a and the expert outputs y (what the backward needs), and its kernels do the bookkeeping in
+single passes (see `tinymoe.kernels.expert` for the math).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tinymoe import kernels
+from tinymoe.ops.validate import float_operands
+from tinymoe.tensor import Tensor
+
+
+def expert_mlp(x, gates, source, group_sizes, fc1_weight, fc1_bias, fc2_weight, fc2_bias) -> Tensor:
+    """sum over dispatched rows i with source[i] = r of  gates[i] · MLP_{e(i)}(x[r]),  for each input row r.
+
+    Args:
+        x: (R, ..., D) input rows (images (B, N, D), or tokens (B·N, D)).
+        gates: (M,) the gate value of each dispatched row (e.g. gates_flat[dispatch.choice]).
+        source: (M,) int, the input row each dispatched row reads; rows listed expert by expert.
+        group_sizes: (E,) int, rows per expert, summing to M.
+        fc1_weight (E, D, H), fc1_bias (E, H), fc2_weight (E, H, D), fc2_bias (E, D): the experts.
+    Returns (R, ..., D); a row no expert received (dropped by capacity) is zero.
+    """
+    names = ("x", "gates", "fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias")
+    x, gates, w1, b1, w2, b2 = float_operands("expert_mlp", names, (x, gates, fc1_weight, fc1_bias, fc2_weight, fc2_bias))
+    if w1.ndim != 3 or w2.ndim != 3:
+        raise ValueError(
+            f"expert_mlp: fc1_weight must be (experts, dim, hidden) and fc2_weight (experts, hidden, dim), "
+            f"got {w1.shape} and {w2.shape}"
+        )
+    experts, dim, hidden = w1.shape
+    if w2.shape != (experts, hidden, dim) or b1.shape != (experts, hidden) or b2.shape != (experts, dim):
+        raise ValueError(
+            f"expert_mlp: weights do not fit together: fc1_weight {w1.shape}, fc1_bias {b1.shape}, "
+            f"fc2_weight {w2.shape}, fc2_bias {b2.shape}; expected (E, D, H), (E, H), (E, H, D), (E, D)"
+        )
+    if x.ndim < 2 or x.shape[-1] != dim:
+        raise ValueError(f"expert_mlp: x of shape {x.shape} must be (rows, ..., {dim}) to fit fc1_weight {w1.shape}")
+    source = np.asarray(source)
+    if source.ndim != 1 or source.dtype.kind not in "iu":
+        raise ValueError(f"expert_mlp: source must be a 1-D integer array, got shape {source.shape}, dtype {source.dtype}")
+    if source.size and (source.min() < 0 or source.max() >= x.shape[0]):
+        raise ValueError(f"expert_mlp: source indices must lie in [0, {x.shape[0]}) (rows of x), got {source.min()}..{source.max()}")
+    if gates.shape != source.shape:
+        raise ValueError(f"expert_mlp: gates must have shape {source.shape} (one per dispatched row), got {gates.shape}")
+    sizes = np.asarray(group_sizes)
+    if sizes.shape != (experts,) or sizes.dtype.kind not in "iu" or (sizes < 0).any() or sizes.sum() != source.size:
+        raise ValueError(
+            f"expert_mlp: group_sizes must be {experts} non-negative integers summing to len(source) = {source.size}, "
+            f"got {sizes!r}"
+        )
+
+    out, saved = kernels.expert_mlp_forward(x.data, gates.data, source, sizes, w1.data, b1.data, w2.data, b2.data)
+
+    def backward(g):
+        return kernels.expert_mlp_backward(g, x.data, gates.data, source, sizes, w1.data, w2.data, saved)
+
+    return Tensor.from_op(out, (x, gates, w1, b1, w2, b2), backward, "expert_mlp")
