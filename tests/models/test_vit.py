@@ -14,7 +14,6 @@ from tinymoe import Tensor, no_grad
 from tinymoe.models import ModelConfig, VisionTransformer, count
 from tinymoe.models import vit as vit_module
 from tinymoe.models.layers import Block
-from tinymoe.testing import strategies as st_
 
 
 def images_for(config, batch, seed=0, dtype=np.float32):
@@ -126,7 +125,9 @@ def test_dense_block_gradcheck(data):
     block = Block(dim, heads, hidden=2 * dim, eps=1e-6, rng=rng, dtype=np.float64)
     for p in block.parameters():  # move away from the initial values (LayerNorm 1/0, zero biases)
         p.data[...] += 0.3 * rng.standard_normal(p.shape)
-    x = data.draw(st_.arrays((batch, tokens, dim)))
+    # Seeded normal values rather than hypothesis arrays: hypothesis likes constant rows, where LayerNorm
+    # divides by sqrt(0 + eps) and finite differences lose all accuracy.
+    x = rng.standard_normal((batch, tokens, dim))
     module_gradcheck(block, lambda x: block(x), [x])
 
 
