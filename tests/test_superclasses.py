@@ -5,11 +5,16 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tinymoe import superclasses as sc
 from tinymoe.testing import strategies as st_
+
+
+# The planted-recovery test runs once per E in 2..20; fewer examples per E keep the suite fast while
+# still following the active hypothesis profile (HYPOTHESIS_PROFILE=thorough scales it up).
+FEWER_EXAMPLES = settings(max_examples=max(5, settings.default.max_examples * 2 // 5))
 
 
 def partition(assignment):
@@ -193,6 +198,7 @@ def test_canonical_labels_number_groups_by_smallest_member():
 
 
 @pytest.mark.parametrize("n_groups", range(2, 21))
+@FEWER_EXAMPLES
 @given(planted=st.data())
 def test_cluster_recovers_planted_superclasses_exactly(n_groups, planted):
     # Unequal group sizes (2..12 classes), scattered class indices, uneven class frequencies and
@@ -218,7 +224,10 @@ def test_cluster_always_returns_exactly_n_groups_non_empty_groups(counts, data):
     np.testing.assert_array_equal(sc.cluster(counts, n_groups, seed=seed), got)  # deterministic for a seed
 
 
-@given(planted=st_.planted_confusions(n_groups=st.integers(2, 8)), seeds=st.lists(st.integers(0, 10**6), min_size=2, max_size=2))
+@given(
+    planted=st_.planted_confusions(n_groups=st.integers(2, 8)),
+    seeds=st.lists(st.integers(0, 10**6), min_size=2, max_size=2),
+)
 def test_an_unambiguous_grouping_does_not_depend_on_the_seed(planted, seeds):
     counts, truth = planted
     n_groups = int(truth.max()) + 1
@@ -340,7 +349,8 @@ def test_superclass_table_lists_a_few_short_names_per_superclass():
 @given(data=st.data())
 def test_superclass_table_has_one_row_per_superclass(data):
     num_classes = data.draw(st.integers(1, 40))
-    assignment = sc.canonical_labels(np.asarray(data.draw(st.lists(st.integers(0, 9), min_size=num_classes, max_size=num_classes))))
+    drawn = data.draw(st.lists(st.integers(0, 9), min_size=num_classes, max_size=num_classes))
+    assignment = sc.canonical_labels(np.asarray(drawn))
     per_group = data.draw(st.integers(1, 6))
     names = [f"class{c}" for c in range(num_classes)]
     rows = sc.superclass_table(assignment, names, per_group=per_group).splitlines()[2:]
@@ -370,7 +380,8 @@ _text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_si
 def test_superclass_files_round_trip(tmp_path_factory, data):
     num_classes = data.draw(st.integers(1, 30))
     n_groups = data.draw(st.integers(1, num_classes))
-    extra = data.draw(st.lists(st.integers(0, n_groups - 1), min_size=num_classes - n_groups, max_size=num_classes - n_groups))
+    rest = num_classes - n_groups
+    extra = data.draw(st.lists(st.integers(0, n_groups - 1), min_size=rest, max_size=rest))
     assignment = np.concatenate([np.arange(n_groups), np.asarray(extra, dtype=np.int64)])  # every group used
     assignment = assignment[np.random.default_rng(data.draw(st.integers(0, 99))).permutation(num_classes)]
     wnids = data.draw(st.lists(_text, min_size=num_classes, max_size=num_classes, unique=True))
@@ -470,7 +481,9 @@ def test_loading_a_missing_or_binary_file(tmp_path):
         ([0, 1], ["a", "b"], ["x", "y"], {"nan": float("nan")}, TypeError, "JSON-serialisable"),
     ],
 )
-def test_saving_bad_content_fails_and_leaves_the_old_file_untouched(tmp_path, assignment, wnids, names, meta, error, message):
+def test_saving_bad_content_fails_and_leaves_the_old_file_untouched(
+    tmp_path, assignment, wnids, names, meta, error, message
+):
     path = tmp_path / "superclasses.json"
     path.write_text("old contents", encoding="utf-8")
     with pytest.raises(error, match=message):
@@ -514,11 +527,13 @@ def _write_predictions(path, num_groups=3, seed=0, names=True):
 def test_command_line_writes_superclasses_and_prints_the_table(tmp_path, capsys):
     truth, labels, predictions = _write_predictions(tmp_path / "heldout.npz")
     out = tmp_path / "superclasses.json"
-    assert sc.main(["--predictions", str(tmp_path / "heldout.npz"), "--experts", "3", "--out", str(out), "--seed", "4"]) == 0
+    argv = ["--predictions", str(tmp_path / "heldout.npz"), "--experts", "3", "--out", str(out), "--seed", "4"]
+    assert sc.main(argv) == 0
     printed = capsys.readouterr().out
     loaded = sc.load_superclasses(out)
     assert partition(loaded.assignment) == partition(truth)
-    np.testing.assert_array_equal(loaded.assignment, sc.superclasses_from_predictions(labels, predictions, 9, 3, seed=4))
+    expected = sc.superclasses_from_predictions(labels, predictions, 9, 3, seed=4)
+    np.testing.assert_array_equal(loaded.assignment, expected)
     assert loaded.wnids[0] == "n00000000" and loaded.names[0] == "thing 0, synonym"
     assert loaded.meta["seed"] == 4 and loaded.meta["held_out_images"] == labels.size
     assert loaded.meta["held_out_accuracy"] == pytest.approx(np.mean(labels == predictions))
@@ -539,7 +554,11 @@ def test_command_line_without_names_uses_wnids(tmp_path, capsys):
     [
         (lambda p: _write_predictions(p), "10", "n_groups=10 is more than the 9 classes"),
         (lambda p: np.savez(p, labels=np.zeros(3, int)), "2", "lacks arrays"),
-        (lambda p: np.savez(p, labels=np.zeros(2, int), predictions=np.zeros(2, int), wnids=np.array(["a", 1], dtype=object)), "1", "pickle"),
+        (
+            lambda p: np.savez(p, labels=np.zeros(2, int), predictions=np.zeros(2, int), wnids=np.array([1], object)),
+            "1",
+            "pickle",
+        ),
         (lambda p: p.write_bytes(b"not a zip"), "2", "not a readable .npz"),
         (lambda p: np.save(p, np.zeros(3)), "2", "single array"),
     ],

@@ -135,7 +135,9 @@ def _check_confusion(confusion, where: str) -> np.ndarray:
 def _check_assignment(assignment, where: str) -> np.ndarray:
     array = np.asarray(assignment)
     if array.ndim != 1 or array.size == 0:
-        raise ValueError(f"{where}: assignment must be a non-empty 1-D array (one superclass per class), got shape {array.shape}")
+        raise ValueError(
+            f"{where}: assignment must be a non-empty 1-D array (one superclass per class), got shape {array.shape}"
+        )
     if array.dtype.kind not in "iu":
         raise TypeError(f"{where}: assignment must hold integer superclass ids, got dtype {array.dtype}")
     if array.min() < 0:
@@ -239,19 +241,22 @@ def spectral_embedding(graph: np.ndarray, k: int) -> np.ndarray:
     return embedding / np.where(norms > 0, norms, 1.0)
 
 
-def _squared_distances(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    """(n, k) squared Euclidean distances, via |x|^2 - 2 x.c + |c|^2 (clipped at 0 against round-off)."""
-    d2 = (points**2).sum(axis=1)[:, None] - 2.0 * points @ centres.T + (centres**2).sum(axis=1)[None, :]
+def _squared_distances(points: np.ndarray, centres: np.ndarray, points_sq: np.ndarray) -> np.ndarray:
+    """(n, k) squared Euclidean distances, via |x|^2 - 2 x.c + |c|^2 (clipped at 0 against round-off).
+
+    points_sq: (n,) the points' squared norms, computed once by the caller since the points never move.
+    """
+    d2 = points_sq[:, None] - 2.0 * points @ centres.T + (centres**2).sum(axis=1)[None, :]
     return np.maximum(d2, 0.0)
 
 
-def _kmeans_plus_plus(points: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+def _kmeans_plus_plus(points: np.ndarray, points_sq: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     """k-means++ seeding (Arthur & Vassilvitskii, 2007): each new centre is a point drawn with
     probability proportional to its squared distance to the nearest centre chosen so far, so the
     initial centres spread over the clusters instead of landing several in one."""
     n = points.shape[0]
     chosen = [int(rng.integers(n))]
-    nearest = _squared_distances(points, points[chosen[0]][None, :])[:, 0]  # (n,)
+    nearest = _squared_distances(points, points[chosen[0]][None, :], points_sq)[:, 0]  # (n,)
     for _ in range(1, k):
         total = nearest.sum()
         if total > 0:
@@ -261,7 +266,7 @@ def _kmeans_plus_plus(points: np.ndarray, k: int, rng: np.random.Generator) -> n
             # point will do; the empty cluster this causes is repaired after Lloyd's iterations.
             index = int(rng.choice(np.setdiff1d(np.arange(n), chosen)))
         chosen.append(index)
-        nearest = np.minimum(nearest, _squared_distances(points, points[index][None, :])[:, 0])
+        nearest = np.minimum(nearest, _squared_distances(points, points[index][None, :], points_sq)[:, 0])
     return points[chosen].copy()  # (k, d)
 
 
@@ -301,12 +306,13 @@ def kmeans(
     n = points.shape[0]
     if not 1 <= k <= n:
         raise ValueError(f"kmeans: k must be in [1, {n}] (number of points), got {k}")
+    points_sq = (points**2).sum(axis=1)  # (n,)
     best_labels, best_inertia = None, np.inf
     for _ in range(n_init):
-        centres = _kmeans_plus_plus(points, k, rng)  # (k, d)
+        centres = _kmeans_plus_plus(points, points_sq, k, rng)  # (k, d)
         labels = np.full(n, -1, dtype=np.int64)
         for _ in range(max_iter):
-            new_labels = _squared_distances(points, centres).argmin(axis=1)
+            new_labels = _squared_distances(points, centres, points_sq).argmin(axis=1)
             if np.array_equal(new_labels, labels):
                 break
             labels = new_labels
@@ -419,7 +425,9 @@ def cluster(confusion, n_groups: int, seed: int = 0, *, n_init: int = 10) -> np.
     return canonical_labels(assignment)
 
 
-def planted_confusion(group_sizes: Sequence[int], seed: int = 0, noise: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+def planted_confusion(
+    group_sizes: Sequence[int], seed: int = 0, noise: float = 0.05
+) -> tuple[np.ndarray, np.ndarray]:
     """A synthetic confusion matrix with known superclasses, for demos, tests and benchmarks.
 
     Classes are split into groups of the given sizes (scattered over the class indices, not
@@ -458,7 +466,9 @@ def planted_confusion(group_sizes: Sequence[int], seed: int = 0, noise: float = 
     return confusion, canonical_labels(truth)
 
 
-def superclasses_from_predictions(labels, predictions, num_classes: int, n_groups: int, seed: int = 0) -> np.ndarray:
+def superclasses_from_predictions(
+    labels, predictions, num_classes: int, n_groups: int, seed: int = 0
+) -> np.ndarray:
     """The paper's routine from a dense model's held-out predictions: confusion matrix -> `cluster`.
 
     labels, predictions: (N,) class indices on the held-out split (carved from train, never the
@@ -522,7 +532,9 @@ def superclass_table(assignment, class_names: Sequence[str], per_group: int = 5)
     where = "superclass_table"
     assignment = _check_assignment(assignment, where)
     if len(class_names) != assignment.size:
-        raise ValueError(f"{where}: {len(class_names)} class names for {assignment.size} classes; give one name per class")
+        raise ValueError(
+            f"{where}: {len(class_names)} class names for {assignment.size} classes; give one name per class"
+        )
     per_group = _check_count(per_group, "per_group", where)
     balance = group_balance(assignment)
     rows = [("superclass", "size", "classes")]
@@ -606,7 +618,9 @@ def _atomic_write_text(path, text: str) -> None:
         raise
 
 
-def save_superclasses(path, assignment, wnids: Sequence[str], names: Sequence[str], meta: dict | None = None) -> None:
+def save_superclasses(
+    path, assignment, wnids: Sequence[str], names: Sequence[str], meta: dict | None = None
+) -> None:
     """Write class -> superclass as JSON (atomically): one record per class with its index, wnid, name
     and superclass, plus `meta` (any JSON-serialisable dict: seed, accuracy, balance...).
 
@@ -636,7 +650,9 @@ def save_superclasses(path, assignment, wnids: Sequence[str], names: Sequence[st
     try:
         text = json.dumps(document, indent=1, ensure_ascii=False, allow_nan=False) + "\n"
     except (TypeError, ValueError) as error:
-        raise TypeError(f"{where}: meta must be JSON-serialisable (numbers, strings, lists, dicts): {error}") from None
+        raise TypeError(
+            f"{where}: meta must be JSON-serialisable (numbers, strings, lists, dicts): {error}"
+        ) from None
     _atomic_write_text(path, text)
 
 
@@ -682,7 +698,10 @@ def load_superclasses(path) -> Superclasses:
         if missing:
             fail(f"class record {position} lacks {missing}")
         if record["index"] != position or isinstance(record["index"], bool):
-            fail(f"class record {position} has index {record['index']!r}; records must be in class order 0, 1, 2, ...")
+            fail(
+                f"class record {position} has index {record['index']!r}; "
+                "records must be in class order 0, 1, 2, ..."
+            )
         group = record["superclass"]
         if not isinstance(group, int) or isinstance(group, bool) or group < 0:
             fail(f"class record {position} has superclass {group!r}; expected an integer >= 0")
@@ -693,7 +712,10 @@ def load_superclasses(path) -> Superclasses:
         assignment.append(group)
     assignment = np.asarray(assignment, dtype=np.int64)
     if document["num_superclasses"] != int(assignment.max()) + 1:
-        fail(f"num_superclasses is {document['num_superclasses']!r} but the largest superclass id is {int(assignment.max())}")
+        fail(
+            f"num_superclasses is {document['num_superclasses']!r} "
+            f"but the largest superclass id is {int(assignment.max())}"
+        )
     try:
         _check_superclass_content(assignment, wnids, names, "load_superclasses")
     except (TypeError, ValueError) as error:
@@ -720,7 +742,9 @@ def load_predictions(path) -> tuple[np.ndarray, np.ndarray, list[str], list[str]
     except (ValueError, OSError, zipfile.BadZipFile) as error:
         raise ValueError(f"load_predictions: {path} is not a readable .npz file ({error})") from None
     if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise ValueError(f"load_predictions: {path} holds a single array; expected an .npz with arrays {list(required)}")
+        raise ValueError(
+            f"load_predictions: {path} holds a single array; expected an .npz with arrays {list(required)}"
+        )
     with archive:
         missing = [k for k in required if k not in archive.files]
         if missing:
@@ -757,7 +781,9 @@ def write_superclasses(
     isolated classes, balance, and the Table-1-style table)."""
     num_classes = len(wnids)
     if len(names) != num_classes:
-        raise ValueError(f"write_superclasses: {len(names)} names for {num_classes} wnids; give one name per class")
+        raise ValueError(
+            f"write_superclasses: {len(names)} names for {num_classes} wnids; give one name per class"
+        )
     confusion = confusion_matrix(labels, predictions, num_classes)
     assignment = cluster(confusion, n_groups, seed=seed)
     balance = group_balance(assignment, n_groups)
@@ -817,7 +843,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--data", "--data-dir", dest="data", help="dataset location (zip file or folder)")
     parser.add_argument("--dataset", default="tiny-imagenet", help="dataset name (default: tiny-imagenet)")
-    parser.add_argument("--experts", "-E", type=int, required=True, help="number of superclasses = number of experts")
+    parser.add_argument(
+        "--experts", "-E", type=int, required=True, help="number of superclasses = number of experts"
+    )
     parser.add_argument("--out", "--output", dest="out", default="superclasses.json", help="JSON file to write")
     parser.add_argument("--seed", type=int, default=0, help="seed of the k-means restarts (default 0)")
     parser.add_argument("--per-group", type=int, default=5, help="class names shown per superclass in the table")
