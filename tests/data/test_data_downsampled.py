@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import struct
 import subprocess
 
 import numpy as np
@@ -216,3 +217,35 @@ def test_class_names_from_map_clsloc(tmp_path):
     (tmp_path / "ds" / "map_clsloc.txt").write_text("\n".join(lines) + "\n")
     ds = data.DownsampledImageNet(tmp_path / "ds", "val", cache=False)
     assert ds.classes[0] == "name 1" and ds.classes[999] == "name 1000"
+
+
+def _py2_str(raw: bytes) -> bytes:
+    """A Python 2 `str` in a pickle (SHORT_BINSTRING or BINSTRING opcode)."""
+    return (b"U" + bytes([len(raw)]) if len(raw) < 256 else b"T" + struct.pack("<i", len(raw))) + raw
+
+
+def _py2_int(i: int) -> bytes:
+    return b"K" + bytes([i])  # BININT1
+
+
+def _py2_uint8_array(a: np.ndarray) -> bytes:
+    """The opcodes NumPy under Python 2 wrote for a uint8 array: numpy.core names, raw data as a str."""
+    dtype = (b"cnumpy\ndtype\n" + _py2_str(b"u1") + _py2_int(0) + _py2_int(1) + b"\x87R"
+             + b"(" + _py2_int(3) + _py2_str(b"|") + b"NNN" + b"J\xff\xff\xff\xffJ\xff\xff\xff\xff" + _py2_int(0) + b"tb")
+    shape = b"(" + b"".join(_py2_int(d) for d in a.shape) + b"t"
+    return (b"cnumpy.core.multiarray\n_reconstruct\n" + b"cnumpy\nndarray\n" + _py2_int(0) + b"\x85" + _py2_str(b"b")
+            + b"\x87R" + b"(" + _py2_int(1) + shape + dtype + b"\x89" + _py2_str(a.tobytes()) + b"tb")
+
+
+def test_python2_pickles_load(tmp_path):
+    images = np.random.default_rng(3).integers(128, 256, (2, 4, 4, 3), dtype=np.uint8)  # bytes > 127: not ASCII
+    blob = (b"\x80\x02}(" + _py2_str(b"data") + _py2_uint8_array(_planar(images))
+            + _py2_str(b"labels") + b"](" + _py2_int(5) + _py2_int(9) + b"eu.")
+    with pytest.raises(UnicodeDecodeError):
+        pickle.loads(blob)  # Python 3's default decoding cannot read it: the latin1 path is what makes it work
+    root = tmp_path / "ds"
+    root.mkdir()
+    (root / "val_data").write_bytes(blob)
+    loaded, labels = data.load_downsampled_imagenet(root, "val", cache=False)
+    np.testing.assert_array_equal(loaded, images)
+    np.testing.assert_array_equal(labels, [4, 8])
