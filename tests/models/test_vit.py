@@ -145,7 +145,7 @@ def _model_and_inputs(config, data, batch):
 
 
 @settings(max_examples=4)
-@given(tiny_configs(channels=1, num_classes=3), st.data())
+@given(tiny_configs(max_dim=6, channels=1, num_classes=3), st.data())
 def test_whole_model_gradcheck_superclass_routing(config, data):
     """d(loss)/d(every parameter and pixel) of a full Mobile V-MoE: classification + router loss, through
     the gates into the router, for k = 1..E."""
@@ -157,7 +157,7 @@ def test_whole_model_gradcheck_superclass_routing(config, data):
 
 
 @settings(max_examples=3)
-@given(tiny_configs(channels=1, num_classes=3, routing="token"), st.data())
+@given(tiny_configs(max_dim=6, channels=1, num_classes=3, routing="token"), st.data())
 def test_whole_model_gradcheck_token_routing(config, data):
     """Token routing in training mode: noisy top-k (noise redrawn identically each call), capacity
     drops, importance and load losses."""
@@ -176,7 +176,7 @@ def test_whole_model_gradcheck_token_routing(config, data):
 
 
 @settings(max_examples=3)
-@given(tiny_configs(channels=1, num_classes=3), st.data())
+@given(tiny_configs(max_dim=6, channels=1, num_classes=3), st.data())
 def test_whole_dense_model_gradcheck(config, data):
     model, images, labels = _model_and_inputs(config.dense(), data, batch=2)
     module_gradcheck(model, lambda x: model.loss(model(x), labels, label_smoothing=0.1).total, [images])
@@ -239,3 +239,30 @@ def test_moe_compute_is_sparse():
     x = images_for(config, 4)
     router_macs = 4 * config.dim * config.experts
     assert recorded_macs(moe(x).logits) == recorded_macs(dense(x).logits) + router_macs
+
+
+@pytest.mark.parametrize("routing", ["dense", "superclass", "token"])
+def test_float32_model_matches_float64_and_keeps_its_dtype(routing):
+    config = ModelConfig(layers=3, dim=32, image_size=16, patch_size=4, num_classes=10, experts=4, k=2)
+    config = config.dense() if routing == "dense" else config.replace(routing=routing)
+    m32 = VisionTransformer(config, rng=0)
+    m64 = VisionTransformer(config, rng=0).to_dtype(np.float64)
+    m32.eval(), m64.eval()
+    x = images_for(config, 4)
+    out32, out64 = m32(x), m64(x.astype(np.float64))
+    assert out32.logits.dtype == np.float32 and out64.logits.dtype == np.float64
+    np.testing.assert_allclose(out32.logits.data, out64.logits.data, rtol=1e-4, atol=1e-5)
+    labels = np.arange(4)
+    if routing == "superclass":
+        m32.set_class_to_group(np.arange(10) % 4)
+    m32.train()
+    m32.loss(m32(x), labels).total.backward()
+    assert all(p.grad.dtype == np.float32 for p in m32.parameters() if p.grad is not None)
+
+
+def test_no_graph_is_recorded_under_no_grad():
+    config = ModelConfig(layers=2, dim=32, image_size=16, patch_size=4, num_classes=10, experts=4)
+    model = VisionTransformer(config, rng=0)
+    with no_grad():
+        out = model(images_for(config, 2))
+    assert not out.logits.requires_grad and out.logits._parents == ()
