@@ -82,9 +82,10 @@ def _gelu_backward_flat(x, grad_out, dx):
         v2 = v * v
         e = exp(-two * c * (v + a * v2 * v))
         s = one / (one + e)  # s = sigmoid(2u) = 0.5 (1 + t)
-        # dy/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) du/dx, with 1 - t^2 = 4 s (1 - s) and 1 - s = e s
+        s_minus = one / (one + one / e)  # 1 - s = e / (1 + e), written so that e = inf gives 1, not nan
+        # dy/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) du/dx, with 1 - t^2 = 4 s (1 - s)
         du_dx = c * (one + three_a * v2)
-        dx[i] = grad_out[i] * (s + two * v * s * (e * s) * du_dx)
+        dx[i] = grad_out[i] * (s + two * v * s * s_minus * du_dx)
 
 
 def _numba_dtype_ok(*arrays) -> bool:
@@ -96,7 +97,7 @@ def gelu_forward_numba(x: np.ndarray) -> np.ndarray:
     """Same result as `gelu_forward`, one parallel pass (float16 runs the reference)."""
     if not _numba_dtype_ok(x):
         return gelu_forward(x)
-    x = np.ascontiguousarray(x)  # a strided view is copied once so the loop walks memory in order
+    x = np.asarray(x, order="C")  # a strided view is copied once so the loop walks memory in order
     out = np.empty_like(x)
     _gelu_forward_flat(x.reshape(-1), out.reshape(-1))
     return out
@@ -106,8 +107,8 @@ def gelu_backward_numba(x: np.ndarray, grad_out: np.ndarray) -> np.ndarray:
     """Same result as `gelu_backward`, one parallel pass (float16 runs the reference)."""
     if not _numba_dtype_ok(x, grad_out) or grad_out.dtype != x.dtype:
         return gelu_backward(x, grad_out)
-    x = np.ascontiguousarray(x)
-    grad_out = np.ascontiguousarray(np.broadcast_to(grad_out, x.shape))
+    x = np.asarray(x, order="C")  # (np.ascontiguousarray would turn a 0-d array into a 1-d one)
+    grad_out = np.asarray(np.broadcast_to(grad_out, x.shape), order="C")
     dx = np.empty_like(x)
     _gelu_backward_flat(x.reshape(-1), grad_out.reshape(-1), dx.reshape(-1))
     return dx

@@ -87,8 +87,8 @@ def expert_mlp_backward(grad_out, x, gates, source, group_sizes, w1, w2, saved):
     tokens = _tokens_per_row(x)
     bounds = _bounds(group_sizes, tokens)
     m = len(source)
-    g_rows = np.take(grad_out, source, axis=0).reshape(m, -1)  # (M, T·D): the gradient each row's output got
-    dgates = np.sum(g_rows * y.reshape(m, -1), axis=1)  # (M,)
+    g_rows = np.take(grad_out, source, axis=0).reshape(m, tokens * dim)  # (M, T·D): the gradient each row's output got
+    dgates = np.sum(g_rows * y.reshape(m, tokens * dim), axis=1)  # (M,)
     dy = (gates[:, None] * g_rows).reshape(-1, dim)  # (M·T, D)
     xs = np.take(x, source, axis=0).reshape(-1, dim)
     dxs = np.empty_like(xs)
@@ -147,7 +147,8 @@ def _gelu_backward_(h, da):
             v2 = v * v
             e = exp(-two * c * (v + cubic * v2 * v))
             s = one / (one + e)
-            da[r, j] = da[r, j] * (s + two * v * s * (e * s) * c * (one + three_cubic * v2))
+            s_minus = one / (one + one / e)  # 1 - s, finite when e overflows to inf
+            da[r, j] = da[r, j] * (s + two * v * s * s_minus * c * (one + three_cubic * v2))
 
 
 @njit(cache=True, fastmath=False, nogil=True)
@@ -195,7 +196,7 @@ def expert_mlp_forward_numba(x, gates, source, group_sizes, w1, b1, w2, b2):
     bounds = _bounds(group_sizes, tokens)
     m = len(source)
     source = np.ascontiguousarray(source, dtype=np.int64)
-    x_rows = np.ascontiguousarray(x).reshape(x.shape[0], -1)  # (R, T·D)
+    x_rows = np.ascontiguousarray(x).reshape(x.shape[0], tokens * dim)  # (R, T·D)
     xs = np.empty((m, tokens * dim), dtype=x.dtype)
     _gather_rows(x_rows, source, xs)
     xs = xs.reshape(-1, dim)  # (M·T, D)
@@ -211,7 +212,7 @@ def expert_mlp_forward_numba(x, gates, source, group_sizes, w1, b1, w2, b2):
         np.matmul(a[s:t], w2[e], out=y[s:t])
         y[s:t] += b2[e]
     out = np.zeros((x.shape[0], tokens * dim), dtype=x.dtype)
-    _scatter_gated_rows(y.reshape(m, -1), np.ascontiguousarray(gates), source, out)
+    _scatter_gated_rows(y.reshape(m, tokens * dim), np.ascontiguousarray(gates), source, out)
     return out.reshape(x.shape), (h, a, y)
 
 
@@ -225,13 +226,13 @@ def expert_mlp_backward_numba(grad_out, x, gates, source, group_sizes, w1, w2, s
     bounds = _bounds(group_sizes, tokens)
     m = len(source)
     source = np.ascontiguousarray(source, dtype=np.int64)
-    g_rows = np.ascontiguousarray(grad_out).reshape(x.shape[0], -1)  # (R, T·D)
+    g_rows = np.ascontiguousarray(grad_out).reshape(x.shape[0], tokens * dim)  # (R, T·D)
     dy = np.empty((m, tokens * dim), dtype=x.dtype)
     dgates = np.empty(m, dtype=x.dtype)
-    _gather_gate_rows(g_rows, y.reshape(m, -1), np.ascontiguousarray(gates), source, dy, dgates)
+    _gather_gate_rows(g_rows, y.reshape(m, tokens * dim), np.ascontiguousarray(gates), source, dy, dgates)
     dy = dy.reshape(-1, dim)  # (M·T, D)
     xs = np.empty((m, tokens * dim), dtype=x.dtype)
-    _gather_rows(np.ascontiguousarray(x).reshape(x.shape[0], -1), source, xs)
+    _gather_rows(np.ascontiguousarray(x).reshape(x.shape[0], tokens * dim), source, xs)
     xs = xs.reshape(-1, dim)
     dxs = np.empty_like(xs)
     dw1, db1 = np.zeros_like(w1), np.zeros((w1.shape[0], w1.shape[2]), dtype=w1.dtype)
@@ -248,5 +249,5 @@ def expert_mlp_backward_numba(grad_out, x, gates, source, group_sizes, w1, w2, s
         db1[e] = dh.sum(axis=0)
         np.matmul(dh, w1[e].T, out=dxs[s:t])
     dx = np.zeros((x.shape[0], tokens * dim), dtype=x.dtype)
-    _scatter_rows(dxs.reshape(m, -1), source, dx)
+    _scatter_rows(dxs.reshape(m, tokens * dim), source, dx)
     return dx.reshape(x.shape), dgates, dw1, db1, dw2, db2
