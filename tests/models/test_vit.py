@@ -200,6 +200,9 @@ def recorded_macs(output: Tensor) -> int:
         if node._op in ("linear", "expert_linear"):  # x (..., in) @ W (in, out) or (E, in, out)
             x, w = shapes[0], shapes[1]
             total += int(np.prod(x[:-1])) * w[-2] * w[-1]
+        elif node._op == "expert_mlp":  # parents x (R, ..., D), gates (M,), fc1 (E, D, H), ...: M rows, two maps
+            x, gates, w1 = shapes[0], shapes[1], shapes[2]
+            total += gates[0] * int(np.prod(x[1:-1])) * 2 * w1[1] * w1[2]
         elif node._op == "attention":  # q (..., Nq, d), k (..., Nk, d), v (..., Nk, dv)
             q, k, v = shapes
             total += int(np.prod(q[:-2])) * q[-2] * k[-2] * (q[-1] + v[-1])

@@ -42,6 +42,7 @@ from tinymoe.models.routing import (
     top_k,
 )
 from tinymoe.nn import LayerNorm, Module, Parameter, truncated_normal
+from tinymoe.ops.expert import expert_mlp
 from tinymoe.tensor import Tensor
 
 
@@ -83,7 +84,17 @@ class ExpertMlps(Module):
             gates: (R·k,) the gate of every (row, choice) pair, row-major.
         Returns (R, ..., D): for row r, sum over its kept choices j of gate[r, j] · expert_{e(r,j)}(x[r]);
         zero for a row all of whose choices were dropped.
+
+        One fused op (`tinymoe.ops.expert.expert_mlp`, Numba kernels); `forward_composed` below is the
+        same computation spelled out in primitive ops, step by step, and the tests hold the two equal.
         """
+        g = ops.take(gates, dispatch.choice, axis=0)  # (M,): the gate of each dispatched row
+        return expert_mlp(
+            x, g, dispatch.source, dispatch.group_sizes, self.fc1_weight, self.fc1_bias, self.fc2_weight, self.fc2_bias
+        )
+
+    def forward_composed(self, x: Tensor, dispatch: Dispatch, gates: Tensor) -> Tensor:
+        """`forward` from primitive ops: gather, two grouped linear maps with GELU, gate, scatter back."""
         xs = ops.take(x, dispatch.source, axis=0)  # (M, ..., D): each expert's rows, expert by expert
         h = ops.gelu(expert_linear(xs, self.fc1_weight, self.fc1_bias, dispatch.group_sizes))  # (M, ..., hidden)
         y = expert_linear(h, self.fc2_weight, self.fc2_bias, dispatch.group_sizes)  # (M, ..., D)
