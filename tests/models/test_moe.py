@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from model_helpers import module_gradcheck, routing_margin, tiny_config, tiny_configs
+from model_helpers import module_gradcheck, routing_margin
 
 from tinymoe import Tensor, no_grad, ops
 from tinymoe.gradcheck import gradcheck
