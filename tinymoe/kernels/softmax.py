@@ -115,6 +115,8 @@ def cross_entropy_backward(
 # which vectorizes for float32. Rows run along the last axis; another `axis` is moved there first.
 # ------------------------------------------------------------------------------------------------------
 
+import types  # noqa: E402
+
 from numba import njit, prange  # noqa: E402
 
 from tinymoe.kernels.vecmath import exp  # noqa: E402
@@ -152,13 +154,11 @@ def _log_softmax_row(x, out):
         out[j] = x[j] - shift
 
 
-@njit(cache=True, fastmath=False, nogil=True, parallel=True)
 def _softmax_rows(x, out):
     for r in prange(x.shape[0]):
         _softmax_row(x[r], out[r])
 
 
-@njit(cache=True, fastmath=False, nogil=True, parallel=True)
 def _softmax_backward_rows(probs, grad_out, dx):
     for r in prange(probs.shape[0]):
         dot = 0.0
@@ -169,13 +169,11 @@ def _softmax_backward_rows(probs, grad_out, dx):
             dx[r, j] = probs[r, j] * (grad_out[r, j] - d)  # p_j (g_j - sum_i g_i p_i)
 
 
-@njit(cache=True, fastmath=False, nogil=True, parallel=True)
 def _log_softmax_rows(x, out):
     for r in prange(x.shape[0]):
         _log_softmax_row(x[r], out[r])
 
 
-@njit(cache=True, fastmath=False, nogil=True, parallel=True)
 def _log_softmax_backward_rows(log_probs, grad_out, dx):
     for r in prange(log_probs.shape[0]):
         total = 0.0
@@ -209,6 +207,29 @@ def _cross_entropy_labels_backward_rows(log_probs, labels, keep, spread, grad_lo
         for j in range(log_probs.shape[1]):
             grad[r, j] = (exp(log_probs[r, j]) - s) * gl
         grad[r, labels[r]] -= k * gl
+
+
+# Each row loop above is compiled twice: with parallel=True (prange splits the rows over the threads)
+# and without (prange is then a plain range). Waking the thread pool costs tens of microseconds, more
+# than a small input takes (a (128, 200) log-softmax: ~50 us), so inputs under PARALLEL_MIN_SIZE
+# numbers run serially. Measured with bench/kernels.py.
+PARALLEL_MIN_SIZE = 1 << 16
+
+
+def _twins(fn):
+    # Numba's on-disk cache is keyed by the function's name and signature, not by `parallel`, so the
+    # serial twin is compiled from a copy of the function under another name.
+    serial_fn = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial")
+    serial_fn.__qualname__ = fn.__qualname__ + "_serial"
+    serial = njit(cache=True, fastmath=False, nogil=True)(serial_fn)
+    parallel = njit(cache=True, fastmath=False, nogil=True, parallel=True)(fn)
+    return lambda *arrays: (parallel if arrays[0].size >= PARALLEL_MIN_SIZE else serial)(*arrays)
+
+
+_softmax_rows = _twins(_softmax_rows)
+_softmax_backward_rows = _twins(_softmax_backward_rows)
+_log_softmax_rows = _twins(_log_softmax_rows)
+_log_softmax_backward_rows = _twins(_log_softmax_backward_rows)
 
 
 def _last_axis_rows(x: np.ndarray, axis: int):
