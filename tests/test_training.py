@@ -216,3 +216,24 @@ def test_evaluate_cli_reports_a_corrupt_checkpoint(tmp_path):
     done = subprocess.run([sys.executable, "-m", "tinymoe.evaluate", str(bad), "--data", "synthetic"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and done.stderr.startswith("error: ") and "model.npz" in done.stderr
+
+
+def test_a_checkpoint_from_before_a_setting_existed_resumes_with_its_default(tmp_path, data, monkeypatch):
+    """Older checkpoints lack newer TrainConfig fields; they were trained with the default behaviour."""
+    import tinymoe.training as training
+
+    save = training.save_checkpoint
+
+    def save_without_pad_mode(path, model, *, state=None, metadata=None):
+        metadata = dict(metadata or {})
+        metadata["train_config"] = {k: v for k, v in metadata["train_config"].items() if k != "pad_mode"}
+        return save(path, model, state=state, metadata=metadata)
+
+    monkeypatch.setattr(training, "save_checkpoint", save_without_pad_mode)
+    _trainer(tmp_path / "old", data, max_steps=2).run()
+    monkeypatch.setattr(training, "save_checkpoint", save)
+    assert _trainer(tmp_path / "old", data).run(resume=True).completed  # pad_mode "zero" is the default
+
+    _trainer(tmp_path / "new", data, max_steps=1).run()
+    with pytest.raises(CheckpointError, match=r"differs in \['pad_mode'\]"):
+        _trainer(tmp_path / "new", data, pad_mode="reflect").run(resume=True)

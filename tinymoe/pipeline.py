@@ -35,6 +35,7 @@ from tinymoe.data import (
     holdout_split,
     make_synthetic,
 )
+from tinymoe.data.downsampled import find_batches
 from tinymoe.evaluation import evaluate, predict
 from tinymoe.models import ModelConfig, build_model, count
 from tinymoe.training import Trainer, TrainConfig, TrainingData
@@ -98,7 +99,7 @@ def load_splits(
             f"--data {data}: no such file or folder. Pass the Tiny ImageNet zip (tiny-imagenet-200.zip) or its "
             "folder, a downsampled ImageNet folder, a folder with train/ and val/ image folders, or 'synthetic'"
         )
-    if any(root.glob("train_data_batch_*")):
+    if _looks_like_downsampled(root):
         train = DownsampledImageNet(root, "train", cache_dir=cache_dir)
         val = DownsampledImageNet(root, "val", cache_dir=cache_dir)
         names = list(train.classes)
@@ -115,6 +116,13 @@ def load_splits(
         "its folder with wnids.txt), downsampled ImageNet (train_data_batch_1.npz ... and val_data.npz), or "
         "train/ and val/ folders with one sub-folder per class"
     )
+
+
+def _looks_like_downsampled(root: Path) -> bool:
+    try:
+        return bool(find_batches(root, "train"))
+    except (DatasetNotFoundError, OSError):
+        return False
 
 
 def _looks_like_tiny_imagenet(root: Path) -> bool:

@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--label-smoothing", "--smoothing", dest="label_smoothing", type=float, default=0.1)
     g.add_argument("--clip-grad", type=float, default=1.0, help="max global gradient norm (0 = off)")
     g.add_argument("--no-augment", action="store_true", help="no random crop / flip")
+    g.add_argument("--pad-mode", choices=("zero", "reflect"), default="zero",
+                   help="what the random crop's 4-pixel padding holds")
     g.add_argument("--seed", type=int, default=0, help="data order, augmentation, held-out split, initial weights")
     g.add_argument("--eval-every", type=int, default=1, help="evaluate on val every n epochs (0 = at the end)")
     g.add_argument("--log-every", "--log-interval", dest="log_every", type=int, default=50)
@@ -105,7 +107,7 @@ def main(argv=None) -> int:
         train = TrainConfig(
             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, min_lr=args.min_lr,
             weight_decay=args.weight_decay, warmup_epochs=args.warmup, label_smoothing=args.label_smoothing,
-            clip_grad=args.clip_grad or None, augment=not args.no_augment, seed=args.seed,
+            clip_grad=args.clip_grad or None, augment=not args.no_augment, pad_mode=args.pad_mode, seed=args.seed,
             eval_every=args.eval_every, log_every=args.log_every, max_steps=args.max_steps,
         )
         splits = load_splits(args.data, experts=args.experts, download=args.download, cache_dir=args.cache_dir,

@@ -53,8 +53,9 @@ class TrainConfig:
     warmup_epochs: float = 1.0  # linear warmup from 0 to lr over this many epochs
     label_smoothing: float = 0.1  # classification target: 1 - s on the label, s spread over all classes
     clip_grad: float | None = 1.0  # clip the global gradient norm to this; None = no clipping
-    augment: bool = True  # random crop (zero padding of `padding` px) + horizontal flip
+    augment: bool = True  # random crop (padding of `padding` px) + horizontal flip
     padding: int = 4
+    pad_mode: str = "zero"  # what the crop's padding holds: "zero" or "reflect" (mirrored border)
     seed: int = 0  # data order and augmentation; the model's init seed is separate
     eval_every: int = 1  # evaluate on the eval set every n epochs (0: only at the end)
     log_every: int = 50  # steps between metric lines
@@ -163,6 +164,7 @@ class Trainer:
             seed=cfg.seed,
             augment=cfg.augment,
             padding=cfg.padding,
+            pad_mode=cfg.pad_mode,
             mean=data.mean,
             std=data.std,
             indices=data.train_indices,
@@ -208,9 +210,11 @@ class Trainer:
     def _restore(self) -> tuple[int, int]:
         """Load last.npz into the model/optimizer/RNG; return (epoch, position) to continue from."""
         ckpt = load_checkpoint(self.last_path)
-        saved_cfg = ckpt.metadata.get("train_config") or {}
+        # A setting missing from an older checkpoint did not exist when it was written, so that run used
+        # the behaviour the setting's default stands for (new settings always default to the old behaviour).
+        saved_cfg = {**asdict(TrainConfig()), **(ckpt.metadata.get("train_config") or {})}
         changed = sorted(
-            k for k, v in asdict(self.cfg).items() if k not in _DOES_NOT_CHANGE_RESULTS and saved_cfg.get(k) != v
+            k for k, v in asdict(self.cfg).items() if k not in _DOES_NOT_CHANGE_RESULTS and saved_cfg[k] != v
         )
         if changed:
             raise CheckpointError(

@@ -190,3 +190,25 @@ def test_holdout_split_is_stratified_disjoint_and_seeded():
     assert flat.size == round(0.2 * labels.size)
     with pytest.raises(ValueError, match="strictly between 0 and 1"):
         data.holdout_split(labels, fraction=1.0)
+
+
+def test_reflect_padding_mirrors_the_border_instead_of_adding_black():
+    from tinymoe.data.batches import crop_flip
+
+    images = np.random.default_rng(0).integers(1, 256, size=(3, 6, 6, 3), dtype=np.uint8)  # no zero pixel
+    corner = np.zeros(3, dtype=np.int64)  # the window at the top-left corner of the padded image
+    out = crop_flip(images, corner, corner, np.zeros(3, bool), padding=2, pad_mode="reflect")
+    # np.pad's "reflect" (as torchvision's) mirrors without repeating the edge: padded row 0 = image row 2.
+    np.testing.assert_array_equal(out[:, 0, 0], images[:, 2, 2])
+    np.testing.assert_array_equal(out[:, 2:, 2:], images[:, :4, :4])
+    assert out.min() > 0
+    zero = crop_flip(images, corner, corner, np.zeros(3, bool), padding=2, pad_mode="zero")
+    assert (zero[:, :2] == 0).all()
+
+
+def test_unknown_pad_mode_is_refused():
+    from tinymoe.data.batches import crop_flip
+
+    images = np.zeros((1, 4, 4, 3), np.uint8)
+    with pytest.raises(ValueError, match="pad_mode"):
+        crop_flip(images, np.zeros(1, np.int64), np.zeros(1, np.int64), np.zeros(1, bool), 1, pad_mode="wrap")

@@ -11,7 +11,8 @@ seen. Images stay uint8 until the last step (crop and flip move bytes, not float
 normalized per channel: x = (pixel / 255 - mean[c]) / std[c].
 
 Augmentation (`augment=True`), the standard recipe for small images:
-* random crop with padding: pad each image by `padding` zero pixels on every side, then cut an
+* random crop with padding: pad each image by `padding` pixels on every side (zeros, or with
+  `pad_mode="reflect"` the image mirrored at its border, so no black frame appears), then cut an
   H x W window at a random offset (0..2*padding in each direction), i.e. shift by up to `padding` pixels;
 * horizontal flip with probability 1/2.
 Both are done for the whole batch with a few NumPy copies (no loop over images or pixels; see
@@ -69,12 +70,17 @@ def normalize(images: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.nd
     return out
 
 
-def crop_flip(images: np.ndarray, oy: np.ndarray, ox: np.ndarray, flipped: np.ndarray, padding: int) -> np.ndarray:
+PAD_MODES = {"zero": "constant", "reflect": "reflect"}  # our name -> np.pad's mode
+
+
+def crop_flip(
+    images: np.ndarray, oy: np.ndarray, ox: np.ndarray, flipped: np.ndarray, padding: int, pad_mode: str = "zero"
+) -> np.ndarray:
     """Shift-crop and optionally flip each image of a batch (B, H, W, C), given the offsets and flips.
 
     Output pixel (i, j) of image b is padded[b, oy[b] + i, ox[b] + j], or padded[b, oy[b] + i,
-    ox[b] + W - 1 - j] when flipped[b], where `padded` is the batch with `padding` zero pixels added
-    on every side and oy, ox lie in 0..2*padding.
+    ox[b] + W - 1 - j] when flipped[b], where `padded` is the batch with `padding` pixels added on
+    every side (zeros for pad_mode="zero", the mirrored image for "reflect") and oy, ox lie in 0..2*padding.
 
     No loop over images or pixels: `sliding_window_view` exposes every H x W window of the padded batch
     as a view (no copy), one fancy index picks window (oy[b], ox[b]) of each image b in a single copy,
@@ -85,10 +91,15 @@ def crop_flip(images: np.ndarray, oy: np.ndarray, ox: np.ndarray, flipped: np.nd
     b, h, w, c = images.shape
     if padding < 0:
         raise ValueError(f"crop_flip: padding must be >= 0, got {padding}")
+    if pad_mode not in PAD_MODES:
+        raise ValueError(f"crop_flip: pad_mode must be one of {sorted(PAD_MODES)}, got {pad_mode!r}")
+    if pad_mode == "reflect" and padding >= min(h, w):
+        raise ValueError(f"crop_flip: reflect padding needs padding < image size, got {padding} for {h}x{w}")
     for name, offset in (("oy", oy), ("ox", ox)):
         if offset.shape != (b,) or offset.min(initial=0) < 0 or offset.max(initial=0) > 2 * padding:
             raise ValueError(f"crop_flip: {name} must be {b} offsets in 0..{2 * padding}")
-    padded = np.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))  # (B, H+2p, W+2p, C)
+    pad = ((0, 0), (padding, padding), (padding, padding), (0, 0))
+    padded = np.pad(images, pad, mode=PAD_MODES[pad_mode])  # (B, H+2p, W+2p, C)
     windows = sliding_window_view(padded, (h, w), axis=(1, 2))  # (B, 2p+1, 2p+1, C, H, W), a view
     windows = windows.transpose(0, 1, 2, 4, 5, 3)  # (B, 2p+1, 2p+1, H, W, C)
     out = windows[np.arange(b), oy, ox]  # (B, H, W, C), a fresh array
@@ -97,7 +108,7 @@ def crop_flip(images: np.ndarray, oy: np.ndarray, ox: np.ndarray, flipped: np.nd
 
 
 def random_crop_flip(
-    images: np.ndarray, rng: np.random.Generator, padding: int = 4, flip: bool = True
+    images: np.ndarray, rng: np.random.Generator, padding: int = 4, flip: bool = True, pad_mode: str = "zero"
 ) -> np.ndarray:
     """Random shift by up to `padding` pixels (crop of the zero-padded image) and random horizontal flip.
 
@@ -110,7 +121,7 @@ def random_crop_flip(
     oy = rng.integers(0, 2 * padding + 1, size=b)
     ox = rng.integers(0, 2 * padding + 1, size=b)
     flipped = rng.random(b) < 0.5 if flip else np.zeros(b, dtype=bool)
-    return crop_flip(images, oy, ox, flipped, padding)
+    return crop_flip(images, oy, ox, flipped, padding, pad_mode)
 
 
 def holdout_split(
@@ -159,6 +170,7 @@ class BatchLoader:
         drop_last: drop the final short batch (keeps every step's batch size equal).
         seed: with the epoch number, fixes order and augmentation.
         augment: random crop with `padding` + horizontal flip (if `flip`); off for evaluation.
+        pad_mode: "zero" or "reflect": what the crop's padding holds (see the module docstring).
         mean, std: per-channel normalization in [0, 1] units (default ImageNet's; see `channel_stats`).
         indices: restrict to these rows (e.g. the train part of `holdout_split`) without copying.
         prefetch: number of batches prepared ahead by a background thread (0 = none). NumPy releases
@@ -177,6 +189,7 @@ class BatchLoader:
         augment: bool = False,
         padding: int = 4,
         flip: bool = True,
+        pad_mode: str = "zero",
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         indices: np.ndarray | None = None,
@@ -195,7 +208,9 @@ class BatchLoader:
         if self.indices.size and (self.indices.min() < 0 or self.indices.max() >= images.shape[0]):
             raise ValueError(f"BatchLoader: indices must lie in 0..{images.shape[0] - 1}")
         self.batch_size, self.shuffle, self.drop_last, self.seed = batch_size, shuffle, drop_last, seed
-        self.augment, self.padding, self.flip = augment, padding, flip
+        if pad_mode not in PAD_MODES:
+            raise ValueError(f"BatchLoader: pad_mode must be one of {sorted(PAD_MODES)}, got {pad_mode!r}")
+        self.augment, self.padding, self.flip, self.pad_mode = augment, padding, flip, pad_mode
         self.mean, self.std = mean, std
         self.prefetch = prefetch
         normalize(np.zeros((1, 3), np.uint8), mean, std)  # validate mean/std now, not at the first batch
@@ -222,7 +237,7 @@ class BatchLoader:
             pixels = np.empty((rows.size,) + self.images.shape[1:], dtype=np.uint8)
             pixels[ascending] = self.images[rows[ascending]]
             if self.augment:
-                pixels = random_crop_flip(pixels, augment_rng, self.padding, self.flip)
+                pixels = random_crop_flip(pixels, augment_rng, self.padding, self.flip, self.pad_mode)
             yield normalize(pixels, self.mean, self.std), self.labels[rows].astype(np.int64)
 
     def epoch(self, epoch: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
