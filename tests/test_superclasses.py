@@ -580,9 +580,3 @@ def test_command_line_needs_exactly_one_source(tmp_path, capsys):
         sc.main(["--experts", "3"])
     assert exit_.value.code == 2
     assert "--checkpoint" in capsys.readouterr().err
-
-
-def test_model_evaluation_glue_is_not_faked_before_it_is_wired(tmp_path):
-    # Delete this test when `predict_held_out` is wired to the model and the data loaders.
-    with pytest.raises(NotImplementedError, match="--predictions"):
-        sc.main(["--checkpoint", str(tmp_path / "dense.npz"), "--experts", "3"])

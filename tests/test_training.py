@@ -237,3 +237,33 @@ def test_a_checkpoint_from_before_a_setting_existed_resumes_with_its_default(tmp
     _trainer(tmp_path / "new", data, max_steps=1).run()
     with pytest.raises(CheckpointError, match=r"differs in \['pad_mode'\]"):
         _trainer(tmp_path / "new", data, pad_mode="reflect").run(resume=True)
+
+
+def test_superclasses_cli_from_a_dense_checkpoint_reproduces_the_pipeline(tmp_path):
+    """`python -m tinymoe.superclasses --checkpoint` finds the data and held-out split in the checkpoint
+    and computes the same superclasses as the pipeline's own superclass stage."""
+    splits = load_splits("synthetic", experts=3, synthetic_per_class=60, seed=0)
+    config = ModelConfig(layers=2, dim=16, heads=2, patch_size=8, moe_layers=1, experts=3)
+    opts = PipelineOptions(out=tmp_path, model=config, train=TrainConfig(epochs=2, batch_size=32, prefetch=0),
+                           stages=("dense", "superclasses"))
+    run_pipeline(splits, opts, log=lambda *_: None)
+    out = tmp_path / "cli.json"
+    done = subprocess.run([sys.executable, "-m", "tinymoe.superclasses", "--checkpoint",
+                           str(tmp_path / "dense" / "model.npz"), "--experts", "3", "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    from tinymoe.superclasses import load_superclasses
+
+    ours, pipeline = load_superclasses(out), load_superclasses(tmp_path / "superclasses.json")
+    np.testing.assert_array_equal(ours.assignment, pipeline.assignment)
+    assert ours.wnids == pipeline.wnids
+
+
+def test_superclasses_cli_needs_the_held_out_split_of_a_foreign_checkpoint(tmp_path):
+    from tinymoe.checkpoint import save_checkpoint
+
+    path = tmp_path / "dense.npz"
+    save_checkpoint(path, build_model(TINY.dense(), seed=0))  # no record of how it was trained
+    done = subprocess.run([sys.executable, "-m", "tinymoe.superclasses", "--checkpoint", str(path), "--experts", "3",
+                           "--data", "synthetic"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "--holdout-fraction" in done.stderr and "Traceback" not in done.stderr

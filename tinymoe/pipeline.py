@@ -55,6 +55,7 @@ class Splits:
     classes: list[str]  # human-readable names, in label order
     wnids: list[str]  # identifiers (WordNet ids for ImageNet data), in label order
     true_groups: np.ndarray | None = None  # the planted class -> group map (synthetic data only)
+    load_args: dict = field(default_factory=dict)  # load_splits(**load_args) loads the same data again
 
     @property
     def num_classes(self) -> int:
@@ -82,6 +83,17 @@ def load_splits(
     a downsampled ImageNet folder (train_data_batch_*.npz or pickles + val_data), or a folder with
     `train/` and `val/` image folders (one sub-folder per class in each).
     """
+    load_args = dict(data=str(data), experts=experts, synthetic_size=synthetic_size,
+                     synthetic_per_class=synthetic_per_class,
+                     synthetic_classes_per_group=synthetic_classes_per_group, seed=seed)
+    splits = _load(data, experts, download, cache_dir, synthetic_size, synthetic_per_class,
+                   synthetic_classes_per_group, seed)
+    splits.load_args = load_args
+    return splits
+
+
+def _load(data, experts, download, cache_dir, synthetic_size, synthetic_per_class, synthetic_classes_per_group,
+          seed) -> Splits:
     if data == "synthetic":
         kwargs = dict(n_groups=experts, classes_per_group=synthetic_classes_per_group, size=synthetic_size, seed=seed)
         train = make_synthetic(images_per_class=synthetic_per_class, split="train", **kwargs)
@@ -151,7 +163,8 @@ def _stage_dir(opts: PipelineOptions, stage: str) -> Path:
     return opts.out / ("dense" if stage == "dense" else f"moe-{opts.model.routing}")
 
 
-def _train_stage(stage: str, config: ModelConfig, data: TrainingData, opts: PipelineOptions, groups, log):
+def _train_stage(stage: str, config: ModelConfig, data: TrainingData, opts: PipelineOptions, groups, log,
+                 metadata: dict):
     out_dir = _stage_dir(opts, stage)
     final = out_dir / "model.npz"
     if final.exists():
@@ -161,7 +174,7 @@ def _train_stage(stage: str, config: ModelConfig, data: TrainingData, opts: Pipe
     model = build_model(config, seed=opts.model_seed)
     if groups is not None:
         model.set_class_to_group(groups)
-    summary = Trainer(model, opts.train, data, out_dir, log=log).run(resume=opts.resume)
+    summary = Trainer(model, opts.train, data, out_dir, log=log, metadata=metadata).run(resume=opts.resume)
     if not summary.completed:
         return None  # stopped early (max_steps): later stages need the finished model
     return model
@@ -175,13 +188,12 @@ def superclasses_stage(dense, splits: Splits, holdout: np.ndarray, opts: Pipelin
         return sc.load_superclasses(path).assignment
     images, labels = splits.train_images[holdout], splits.train_labels[holdout]
     predictions = np.argmax(predict(dense, images).logits, axis=1)
-    groups = sc.superclasses_from_predictions(labels, predictions, splits.num_classes, opts.model.experts,
-                                              seed=opts.model_seed)
-    meta = {"held_out_images": int(holdout.size), "held_out_top1": float(np.mean(predictions == labels) * 100),
-            "dataset": splits.name}
-    sc.save_superclasses(path, groups, splits.wnids, splits.classes, meta=meta)
-    log(f"[superclasses] dense top-1 on the held-out split: {meta['held_out_top1']:.2f}%; wrote {path}")
-    log(sc.superclass_table(groups, splits.classes))
+    report = sc.write_superclasses(path, labels, predictions, splits.wnids, splits.classes, opts.model.experts,
+                                   seed=opts.model_seed)
+    log(f"[superclasses] dense top-1 on the {holdout.size} held-out images: "
+        f"{np.mean(predictions == labels) * 100:.2f}%; wrote {path}")
+    log(report)
+    groups = sc.load_superclasses(path).assignment
     return groups
 
 
@@ -193,12 +205,15 @@ def run_pipeline(splits: Splits, opts: PipelineOptions, log=print) -> dict:
     train_idx, holdout = holdout_split(splits.train_labels, opts.holdout_fraction, seed=opts.train.seed)
     data = TrainingData(splits.train_images, splits.train_labels, train_indices=train_idx,
                         eval_images=splits.val_images, eval_labels=splits.val_labels, eval_name="val")
+    # Stored in both models' checkpoints: how to load the same data again, and which part of train was
+    # held out (so `python -m tinymoe.superclasses --checkpoint` evaluates on exactly that part).
+    metadata = {"data": splits.load_args, "holdout_fraction": opts.holdout_fraction, "holdout_seed": opts.train.seed}
     results: dict = {"dataset": splits.name, "out": str(opts.out), "train_config": asdict(opts.train),
                      "holdout_images": int(holdout.size), "train_images": int(train_idx.size)}
 
     dense = None
     if "dense" in opts.stages or ("superclasses" in opts.stages and opts.superclasses_file is None):
-        dense = _train_stage("dense", dense_config, data, opts, None, log)
+        dense = _train_stage("dense", dense_config, data, opts, None, log, metadata)
         if dense is None:
             return results
 
@@ -221,7 +236,7 @@ def run_pipeline(splits: Splits, opts: PipelineOptions, log=print) -> dict:
 
     moe = None
     if "moe" in opts.stages:
-        moe = _train_stage("moe", moe_config, data, opts, groups, log)
+        moe = _train_stage("moe", moe_config, data, opts, groups, log, metadata)
         if moe is None:
             return results
 

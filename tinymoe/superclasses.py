@@ -810,21 +810,45 @@ def write_superclasses(
     return "\n".join(lines)
 
 
-def predict_held_out(checkpoint, data=None, dataset: str = "tiny-imagenet", batch_size: int = 256):
+def predict_held_out(
+    checkpoint, data: str | None = None, batch_size: int = 256, *, holdout_fraction: float | None = None,
+    holdout_seed: int | None = None, cache_dir=None,
+):
     """Run a trained dense model over the held-out split: returns (labels, predictions, wnids, names).
 
-    NOT WIRED YET — to be connected by the lead once the model and data packages exist. It needs:
-      1. building the dense ViT from the checkpoint's stored config and loading its weights;
-      2. the held-out split carved from train with the *same* fraction and seed that were excluded
-         from the dense model's training (read them from the checkpoint, not from new flags);
-      3. argmax of the logits in eval mode under `no_grad()`, batch by batch;
-      4. the dataset's wnids (class order) and names.
+    The held-out split must be the one the dense model did *not* train on. `python -m tinymoe.train`
+    records its fraction and seed, and how it loaded the data, in the checkpoint's metadata; they are
+    read from there. `data`, `holdout_fraction` and `holdout_seed` override them (needed only for a
+    checkpoint trained some other way).
     """
-    raise NotImplementedError(
-        "predict_held_out is not wired to the tinymoe model and data loaders yet. Until it is, evaluate "
-        "the dense model on the held-out split yourself and pass `--predictions FILE.npz` with arrays "
-        "labels (N,), predictions (N,), wnids (C,) and optionally names (C,)."
-    )
+    # Imported here: the clustering above needs none of this, and pipeline imports this module.
+    from tinymoe.checkpoint import load_checkpoint, load_model
+    from tinymoe.data import holdout_split
+    from tinymoe.evaluation import predict
+    from tinymoe.pipeline import load_splits
+
+    recorded = load_checkpoint(checkpoint).metadata
+    fraction = recorded.get("holdout_fraction") if holdout_fraction is None else holdout_fraction
+    seed = recorded.get("holdout_seed") if holdout_seed is None else holdout_seed
+    if fraction is None or seed is None:
+        raise ValueError(
+            f"{checkpoint} does not record which held-out split its training excluded (it was not written by "
+            "python -m tinymoe.train); pass --holdout-fraction and --holdout-seed with the values its training used"
+        )
+    load_args = dict(recorded.get("data") or {})
+    if data is not None:
+        load_args = {"data": data} if data != load_args.get("data") else load_args
+    if "data" not in load_args:
+        raise ValueError(f"{checkpoint} does not record its dataset; pass --data")
+    model = load_model(checkpoint)
+    splits = load_splits(**load_args, cache_dir=cache_dir)
+    if splits.num_classes != model.config.num_classes:
+        raise ValueError(
+            f"{checkpoint} classifies {model.config.num_classes} classes but {splits.name} has {splits.num_classes}"
+        )
+    _, held_out = holdout_split(splits.train_labels, fraction, seed=seed)
+    logits = predict(model, splits.train_images[held_out], batch_size).logits
+    return splits.train_labels[held_out], np.argmax(logits, axis=1), splits.wnids, splits.classes
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -841,8 +865,15 @@ def _build_parser() -> argparse.ArgumentParser:
         "--predictions",
         help="held-out predictions made elsewhere: .npz with labels, predictions, wnids (and optionally names)",
     )
-    parser.add_argument("--data", "--data-dir", dest="data", help="dataset location (zip file or folder)")
-    parser.add_argument("--dataset", default="tiny-imagenet", help="dataset name (default: tiny-imagenet)")
+    parser.add_argument(
+        "--data", "--data-dir", dest="data", default=None,
+        help="with --checkpoint: the dataset, as for python -m tinymoe.train (default: the one it was trained on)",
+    )
+    parser.add_argument("--holdout-fraction", type=float, default=None,
+                        help="with --checkpoint: override the held-out fraction recorded in it")
+    parser.add_argument("--holdout-seed", type=int, default=None,
+                        help="with --checkpoint: override the held-out seed recorded in it")
+    parser.add_argument("--cache-dir", default=None, help="where decoded images are cached")
     parser.add_argument(
         "--experts", "-E", type=int, required=True, help="number of superclasses = number of experts"
     )
@@ -857,9 +888,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     if args.checkpoint is not None:
-        labels, predictions, wnids, names = predict_held_out(
-            args.checkpoint, data=args.data, dataset=args.dataset, batch_size=args.batch_size
-        )
+        from tinymoe.checkpoint import CheckpointError
+        from tinymoe.data import DatasetFormatError, DatasetNotFoundError
+
+        try:
+            labels, predictions, wnids, names = predict_held_out(
+                args.checkpoint, data=args.data, batch_size=args.batch_size, holdout_fraction=args.holdout_fraction,
+                holdout_seed=args.holdout_seed, cache_dir=args.cache_dir,
+            )
+        except (CheckpointError, DatasetFormatError, DatasetNotFoundError, ValueError) as error:
+            parser.exit(1, f"{parser.prog}: error: {error}\n")
     else:
         try:
             labels, predictions, wnids, names = load_predictions(args.predictions)

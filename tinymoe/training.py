@@ -150,8 +150,13 @@ def _progress_enabled() -> bool:
 class Trainer:
     """Trains `model` on `data` with `cfg`, writing everything to `out_dir` (see the module docstring)."""
 
-    def __init__(self, model, cfg: TrainConfig, data: TrainingData, out_dir, *, log=print, progress: bool | None = None):
+    def __init__(
+        self, model, cfg: TrainConfig, data: TrainingData, out_dir, *, log=print, progress: bool | None = None,
+        metadata: dict | None = None,
+    ):
+        """`metadata` (JSON-serialisable) is stored in every checkpoint, e.g. which data the run used."""
         self.model, self.cfg, self.data = model, cfg, data
+        self.metadata = dict(metadata or {})
         self.out_dir = Path(out_dir)
         self.log = log
         self.progress = _progress_enabled() if progress is None else progress
@@ -205,7 +210,7 @@ class Trainer:
             "epoch_stats": self._epoch_stats,  # what the epoch's summary row is computed from, so far
             "history": self.history,
         }
-        save_checkpoint(self.last_path, self.model, state=state, metadata={"train_config": asdict(self.cfg)})
+        save_checkpoint(self.last_path, self.model, state=state, metadata={**self.metadata, "train_config": asdict(self.cfg)})
 
     def _restore(self) -> tuple[int, int]:
         """Load last.npz into the model/optimizer/RNG; return (epoch, position) to continue from."""
@@ -362,7 +367,9 @@ class Trainer:
 
         completed = bool(self.history) and self.history[-1]["epoch"] == cfg.epochs
         if completed:
-            save_checkpoint(self.final_path, self.model, metadata={"train_config": asdict(cfg), "history": self.history})
+            save_checkpoint(
+                self.final_path, self.model, metadata={**self.metadata, "train_config": asdict(cfg), "history": self.history}
+            )
         seconds = time.perf_counter() - started
         return TrainSummary(
             steps=self.step,
