@@ -1,5 +1,5 @@
-"""The fused ops of the performance work: expert_mlp (grouped expert MLPs of an MoE block) and
-packed_attention (multi-head attention on a packed qkv array). Forward against plain NumPy written
+"""The fused ops of the performance work: expert_mlp (grouped expert MLPs of an MoE block),
+packed_attention (multi-head attention on a packed qkv array) and mlp (fc2(gelu(fc1(x))) in one op). Forward against plain NumPy written
 independently (loops over rows and heads), backward by finite differences (float64, both kernel
 backends), inputs not mutated, float32 in float32 out and close to float64, clear errors.
 (tests/kernels/test_numba_kernels.py checks the expert kernels against their reference as well.)
@@ -12,9 +12,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tinymoe import Tensor, kernels
+from tinymoe import Tensor, kernels, ops
 from tinymoe.gradcheck import gradcheck
 from tinymoe.ops.expert import expert_mlp
+from tinymoe.ops.mlp import mlp
 from tinymoe.ops.packed_attention import packed_attention
 from tinymoe.testing import strategies as st_
 from tinymoe.testing.kernel_cases import dispatch_plan
@@ -181,3 +182,49 @@ def test_packed_attention_errors():
         packed_attention(np.ones((2, 5, 7)), 1)
     with pytest.raises(ValueError, match="heads=4 must be a positive divisor of dim=6"):
         packed_attention(np.ones((2, 5, 18)), 4)
+
+
+# ----------------------------------------------------------------------------------------------------
+# mlp
+# ----------------------------------------------------------------------------------------------------
+@st.composite
+def mlp_problems(draw, max_side=3):
+    lead = draw(st_.shapes(min_dims=1, max_dims=2, max_side=max_side))
+    dim, hidden, out_dim = (draw(st.integers(1, max_side)) for _ in range(3))
+    shapes = [(*lead, dim), (dim, hidden), (hidden,), (hidden, out_dim), (out_dim,)]
+    return [draw(st_.maybe_noncontiguous(st_.arrays(s))) for s in shapes]
+
+
+@pytest.mark.parametrize("backend_name", ["reference", "numba"])
+@given(arrays=mlp_problems())
+def test_mlp_equals_the_three_ops_and_a_plain_formula(backend_name, arrays):
+    x, w1, b1, w2, b2 = arrays
+    copies = [a.copy() for a in arrays]
+    with kernels.using(backend_name):
+        fused = mlp(*arrays)
+        composed = ops.linear(ops.gelu(ops.linear(x, w1, b1)), w2, b2)
+    np.testing.assert_allclose(fused.data, gelu(x @ w1 + b1) @ w2 + b2, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(fused.data, composed.data, rtol=1e-12, atol=1e-13)
+    for a, c in zip(arrays, copies):
+        np.testing.assert_array_equal(a, c)
+
+
+@pytest.mark.parametrize("backend_name", ["reference", "numba"])
+@given(arrays=mlp_problems())
+def test_mlp_gradients(backend_name, arrays):
+    with kernels.using(backend_name):
+        gradcheck(mlp, arrays)
+
+
+def test_mlp_float32_and_errors():
+    rng = np.random.default_rng(0)
+    arrays64 = [rng.standard_normal(s) for s in ((2, 5, 4), (4, 6), (6,), (6, 3), (3,))]
+    params = [Tensor(a.astype(np.float32), requires_grad=True) for a in arrays64]
+    out = mlp(*params)
+    out.sum().backward()
+    assert out.dtype == np.float32 and all(p.grad.dtype == np.float32 for p in params)
+    np.testing.assert_allclose(out.data, mlp(*arrays64).data, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match=r"mlp: weights do not fit together"):
+        mlp(arrays64[0], arrays64[1], np.ones(5), arrays64[3], arrays64[4])
+    with pytest.raises(ValueError, match=r"mlp: x has shape \(2, 5, 3\)"):
+        mlp(np.ones((2, 5, 3)), *arrays64[1:])

@@ -28,8 +28,9 @@ costs, never E masked products. Backward (g = dL/d out):
     dw1[e] = xs_eᵀ dh_e, db1[e] = Σ dh_e,  dxs_e = dh_e w1[e]ᵀ
     dx[source[i]] += dxs[i]                          the adjoint of the gather
 
-The forward returns what the backward needs: (h, a, y). xs is not saved; the backward gathers it
-again from x (a copy of M·T·D numbers, cheaper than holding it between forward and backward).
+The forward returns what the backward needs: (h, y). Neither xs nor a is kept between forward and
+backward: the backward gathers xs again from x (a copy of M·T·D numbers) and recomputes a = gelu(h)
+(one elementwise pass), which frees the largest activation of the block (M·T·H numbers) early.
 
 The matrix products are BLAS calls through NumPy in both versions. The Numba version fuses what lies
 between them: the gather, bias + GELU (one pass instead of three), gate + scatter, and in the backward
@@ -42,7 +43,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from tinymoe.kernels.activation import CUBIC_COEFF, SQRT_2_OVER_PI, gelu_backward, gelu_forward
+from tinymoe.kernels.activation import CUBIC_COEFF, SQRT_2_OVER_PI, _gelu_forward_flat, gelu_backward, gelu_forward
 from tinymoe.kernels.vecmath import exp
 
 
@@ -59,7 +60,7 @@ def _tokens_per_row(x: np.ndarray) -> int:
 # Reference (plain NumPy)
 # ------------------------------------------------------------------------------------------------------
 def expert_mlp_forward(x, gates, source, group_sizes, w1, b1, w2, b2):
-    """out (R, ..., D) and the saved (h, a, y); see the module docstring."""
+    """out (R, ..., D) and the saved (h, y); see the module docstring."""
     dim, hidden = w1.shape[1], w1.shape[2]
     tokens = _tokens_per_row(x)
     bounds = _bounds(group_sizes, tokens)
@@ -77,12 +78,12 @@ def expert_mlp_forward(x, gates, source, group_sizes, w1, b1, w2, b2):
     gated = gates.reshape((-1,) + (1,) * (x.ndim - 1)) * y.reshape((len(source),) + x.shape[1:])  # (M, ..., D)
     out = np.zeros_like(x)
     np.add.at(out, source, gated)  # repeated sources (k > 1) add up
-    return out, (h, a, y)
+    return out, (h, y)
 
 
 def expert_mlp_backward(grad_out, x, gates, source, group_sizes, w1, w2, saved):
     """(dx, dgates, dw1, db1, dw2, db2) from dL/d out; see the module docstring."""
-    h, a, y = saved
+    h, y = saved
     dim = w1.shape[1]
     tokens = _tokens_per_row(x)
     bounds = _bounds(group_sizes, tokens)
@@ -98,7 +99,7 @@ def expert_mlp_backward(grad_out, x, gates, source, group_sizes, w1, w2, saved):
         s, t = bounds[e], bounds[e + 1]
         if s == t:
             continue  # an expert without rows gets zero gradients
-        dw2[e] = a[s:t].T @ dy[s:t]
+        dw2[e] = gelu_forward(h[s:t]).T @ dy[s:t]  # a recomputed
         db2[e] = dy[s:t].sum(axis=0)
         dh = gelu_backward(h[s:t], dy[s:t] @ w2[e].T)
         dw1[e] = xs[s:t].T @ dh
@@ -211,14 +212,15 @@ def expert_mlp_forward_numba(x, gates, source, group_sizes, w1, b1, w2, b2):
         _bias_gelu_(h[s:t], np.ascontiguousarray(b1[e]), a[s:t])
         np.matmul(a[s:t], w2[e], out=y[s:t])
         y[s:t] += b2[e]
+    del a  # recomputed by the backward
     out = np.zeros((x.shape[0], tokens * dim), dtype=x.dtype)
     _scatter_gated_rows(y.reshape(m, tokens * dim), np.ascontiguousarray(gates), source, out)
-    return out.reshape(x.shape), (h, a, y)
+    return out.reshape(x.shape), (h, y)
 
 
 def expert_mlp_backward_numba(grad_out, x, gates, source, group_sizes, w1, w2, saved):
     """Same as `expert_mlp_backward`."""
-    h, a, y = saved
+    h, y = saved
     if not _jit_ok(grad_out, x, gates, w1, w2, h):
         return expert_mlp_backward(grad_out, x, gates, source, group_sizes, w1, w2, saved)
     dim = w1.shape[1]
@@ -237,6 +239,8 @@ def expert_mlp_backward_numba(grad_out, x, gates, source, group_sizes, w1, w2, s
     dxs = np.empty_like(xs)
     dw1, db1 = np.zeros_like(w1), np.zeros((w1.shape[0], w1.shape[2]), dtype=w1.dtype)
     dw2, db2 = np.zeros_like(w2), np.zeros((w2.shape[0], w2.shape[2]), dtype=w2.dtype)
+    a = np.empty_like(h)
+    _gelu_forward_flat(h.reshape(-1), a.reshape(-1))  # a = gelu(h), recomputed (h is C-contiguous)
     for e in range(w1.shape[0]):
         s, t = bounds[e], bounds[e + 1]
         if s == t:
