@@ -31,7 +31,7 @@ def cases(dim: int, heads: int, rng):
     """name -> (kernel name or None, args): the calls one training step makes, at this width."""
     import numpy as np
 
-    from tinymoe.kernels import attention, expert, norm, softmax
+    from tinymoe.kernels import attention, expert, mlp, norm, softmax
     from tinymoe.testing.kernel_cases import dispatch_plan
 
     f32 = np.float32
@@ -60,6 +60,9 @@ def cases(dim: int, heads: int, rng):
     ew2 = (0.05 * rng.standard_normal((experts, hidden, dim))).astype(f32)
     eb2 = np.zeros((experts, dim), f32)
     _, saved = expert.expert_mlp_forward(x, gates, source, sizes, ew1, eb1, ew2, eb2)
+    mw1, mb1 = (0.05 * rng.standard_normal((dim, hidden))).astype(f32), np.zeros(hidden, f32)
+    mw2, mb2 = (0.05 * rng.standard_normal((hidden, dim))).astype(f32), np.zeros(dim, f32)
+    _, mh = mlp.mlp_forward(x, mw1, mb1, mw2, mb2)
     qc = np.ascontiguousarray(q).reshape(-1, tokens, dim // heads)
     kt = np.ascontiguousarray(np.swapaxes(k, -1, -2)).reshape(-1, dim // heads, tokens)
     return {
@@ -77,6 +80,8 @@ def cases(dim: int, heads: int, rng):
         "attention_backward": ((go, q, k, v, probs, scale), f"q, k, v {q.shape}"),
         "expert_mlp_forward": ((x, gates, source, sizes, ew1, eb1, ew2, eb2), f"x {x.shape}, E={experts}, k=1, hidden {hidden}"),
         "expert_mlp_backward": ((g, x, gates, source, sizes, ew1, ew2, saved), f"x {x.shape}, E={experts}, k=1"),
+        "mlp_forward": ((x, mw1, mb1, mw2, mb2), f"x {x.shape}, hidden {hidden}"),
+        "mlp_backward": ((g, x, mw1, mw2, mh), f"x {x.shape}, hidden {hidden}"),
         "batched_matmul": ((qc, kt), f"{qc.shape} @ {kt.shape} (q kᵀ)"),
     }
 

@@ -76,6 +76,33 @@ def _time_steps(step, warmup: int, steps: int) -> list[float]:
 # ----------------------------------------------------------------------------------------------------
 # The two workers (each runs in its own subprocess)
 # ----------------------------------------------------------------------------------------------------
+def use_fused_ops() -> None:
+    """--variant fused: run the model's attention, MLP and expert MLPs through the fused ops
+    (tinymoe.ops.packed_attention, .mlp, .expert) instead of the primitive compositions the model
+    modules are written with. Same math (tests/ops/test_expert_and_packed_attention.py checks each
+    fused op equals the composition, gradients included); this measures what adopting them gains."""
+    from tinymoe import ops
+    from tinymoe.models import layers, moe
+    from tinymoe.ops.expert import expert_mlp
+    from tinymoe.ops.mlp import mlp
+    from tinymoe.ops.packed_attention import packed_attention
+
+    def attention_forward(self, x):
+        return self.proj(packed_attention(self.qkv(x), self.heads))
+
+    def mlp_forward(self, x):
+        return mlp(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
+
+    def experts_forward(self, x, dispatch, gates):
+        g = ops.take(gates, dispatch.choice, axis=0)  # (M,) the gate of each dispatched row
+        return expert_mlp(x, g, dispatch.source, dispatch.group_sizes,
+                          self.fc1_weight, self.fc1_bias, self.fc2_weight, self.fc2_bias)
+
+    layers.Attention.forward = attention_forward
+    layers.Mlp.forward = mlp_forward
+    moe.ExpertMlps.forward = experts_forward
+
+
 def worker_tinymoe(args) -> dict:
     import numpy as np
 
@@ -85,6 +112,8 @@ def worker_tinymoe(args) -> dict:
     from tinymoe.tensor import no_grad
 
     kernels.use_backend(args.backend)
+    if args.variant == "fused":
+        use_fused_ops()
     images, labels = _batch(args)
     config = ModelConfig(
         layers=args.layers, dim=args.dim, image_size=args.image_size, patch_size=args.patch_size,
@@ -258,7 +287,7 @@ def run(args, argv: list[str]) -> dict:
         "gemm_peak_gflop_s": round(gemm["peak"], 1),
         "gemm_gflop_s": {k: round(v, 1) for k, v in gemm["rates"].items()},
         "rounds": args.rounds, "steps_per_round": args.steps, "warmup_steps": args.warmup,
-        "threads": args.threads, "backend": args.backend,
+        "threads": args.threads, "backend": args.backend, "variant": args.variant,
         "tinymoe_kernels": runs["tinymoe"][0]["kernel_report"],
         "torch_version": runs["torch"][0]["torch"],
         "machine": machine.describe(),
@@ -285,6 +314,10 @@ def parse_args(argv):
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--backend", choices=("numba", "reference"), default="numba", help="tinymoe kernel backend")
+    p.add_argument(
+        "--variant", choices=("model", "fused"), default="model",
+        help="model: tinymoe.models as written; fused: its attention/MLP/experts through the fused ops (see use_fused_ops)",
+    )
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.add_argument("--no-save", action="store_true", help="do not write bench/results/throughput_*.json")
     p.add_argument("--worker", choices=("tinymoe", "torch"), help=argparse.SUPPRESS)
@@ -303,7 +336,8 @@ def main(argv=None):
     result["command"] = "python bench/throughput.py " + " ".join(argv)
     if not args.no_save:
         RESULTS.mkdir(parents=True, exist_ok=True)
-        path = RESULTS / f"throughput_{args.model}_{args.layers}x{args.dim}.json"
+        suffix = "" if args.variant == "model" and args.backend == "numba" else f"_{args.variant}_{args.backend}"
+        path = RESULTS / f"throughput_{args.model}_{args.layers}x{args.dim}{suffix}.json"
         path.write_text(json.dumps(result, indent=2) + "\n")
     if args.json:
         print(json.dumps(result))
