@@ -17,6 +17,13 @@ Augmentation (`augment=True`), the standard recipe for small images:
 * horizontal flip with probability 1/2.
 Both are done for the whole batch with a few NumPy copies (no loop over images or pixels; see
 `crop_flip`).
+
+Regularising augmentations (`augmentation=Augmentation(...)`, all off by default; see
+`tinymoe.data.augment`): RandAugment on the uint8 batch after the crop and flip, then, after
+normalizing, random erasing and mixup/cutmix. With mixup or cutmix on, the loader serves soft targets
+float32 (B, num_classes) instead of integer labels. Each of them draws from its own generator seeded by
+(seed, epoch, which augmentation, batch index), so their randomness is a pure function of the batch's
+position and the crop/flip stream is the same with or without them.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ from collections.abc import Iterator
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
+
+from tinymoe.data.augment import Augmentation
 
 # Per-channel statistics of ImageNet in [0, 1] units: the usual normalization for ImageNet-derived data.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -71,6 +80,9 @@ def normalize(images: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.nd
 
 
 PAD_MODES = {"zero": "constant", "reflect": "reflect"}  # our name -> np.pad's mode
+
+# Stream ids of the regularising augmentations' generators (0 is the order, 1 the crop/flip stream).
+_RANDAUGMENT, _ERASE, _MIX = 2, 3, 4
 
 
 def crop_flip(
@@ -173,6 +185,7 @@ class BatchLoader:
         pad_mode: "zero" or "reflect": what the crop's padding holds (see the module docstring).
         mean, std: per-channel normalization in [0, 1] units (default ImageNet's; see `channel_stats`).
         indices: restrict to these rows (e.g. the train part of `holdout_split`) without copying.
+        augmentation: RandAugment, random erasing, mixup/cutmix settings (`tinymoe.data.augment`); None = off.
         prefetch: number of batches prepared ahead by a background thread (0 = none). NumPy releases
             the GIL while gathering and converting, so preparation overlaps the caller's compute.
     """
@@ -194,6 +207,7 @@ class BatchLoader:
         std=IMAGENET_STD,
         indices: np.ndarray | None = None,
         prefetch: int = 0,
+        augmentation: Augmentation | None = None,
     ):
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
             raise ValueError(f"BatchLoader: images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
@@ -213,6 +227,12 @@ class BatchLoader:
         self.augment, self.padding, self.flip, self.pad_mode = augment, padding, flip, pad_mode
         self.mean, self.std = mean, std
         self.prefetch = prefetch
+        if augmentation is not None and not isinstance(augmentation, Augmentation):
+            raise TypeError(f"BatchLoader: augmentation must be a tinymoe.data.augment.Augmentation or None, "
+                            f"got {type(augmentation).__name__}")
+        self.augmentation = augmentation if augmentation is not None and augmentation.active else None
+        # What geometric ops fill in from outside the image: the mean colour (it normalizes to 0).
+        self.fill = tuple(int(round(255 * m)) for m in np.asarray(mean, dtype=np.float64).reshape(-1)[:3])
         normalize(np.zeros((1, 3), np.uint8), mean, std)  # validate mean/std now, not at the first batch
 
     def __len__(self) -> int:
@@ -238,7 +258,17 @@ class BatchLoader:
             pixels[ascending] = self.images[rows[ascending]]
             if self.augment:
                 pixels = random_crop_flip(pixels, augment_rng, self.padding, self.flip, self.pad_mode)
-            yield normalize(pixels, self.mean, self.std), self.labels[rows].astype(np.int64)
+            aug = self.augmentation
+            if aug is not None:
+                pixels = aug.pixels(pixels, self._augment_rng(epoch, _RANDAUGMENT, b), self.fill)
+            x, y = normalize(pixels, self.mean, self.std), self.labels[rows].astype(np.int64)
+            if aug is not None:
+                x, y = aug.normalized(x, y, self._augment_rng(epoch, _ERASE, b), self._augment_rng(epoch, _MIX, b))
+            yield x, y
+
+    def _augment_rng(self, epoch: int, which: int, batch: int) -> np.random.Generator:
+        """The generator of one regularising augmentation for one batch: a function of its position only."""
+        return np.random.default_rng([self.seed, epoch, which, batch])
 
     def epoch(self, epoch: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """The batches of epoch `epoch` (same seed and epoch -> same batches, bit for bit)."""
