@@ -77,13 +77,12 @@ def _time_steps(step, warmup: int, steps: int) -> list[float]:
 # The two workers (each runs in its own subprocess)
 # ----------------------------------------------------------------------------------------------------
 def use_fused_ops() -> None:
-    """--variant fused: run the model's attention, MLP and expert MLPs through the fused ops
-    (tinymoe.ops.packed_attention, .mlp, .expert) instead of the primitive compositions the model
-    modules are written with. Same math (tests/ops/test_expert_and_packed_attention.py checks each
-    fused op equals the composition, gradients included); this measures what adopting them gains."""
-    from tinymoe import ops
-    from tinymoe.models import layers, moe
-    from tinymoe.ops.expert import expert_mlp
+    """--variant fused: run the model's attention and dense MLPs through the fused ops
+    (tinymoe.ops.packed_attention and tinymoe.ops.mlp) instead of the primitive compositions the model
+    modules are written with (the expert MLPs already use the fused expert_mlp op). Same math
+    (tests/ops/test_expert_and_packed_attention.py checks each fused op equals the composition,
+    gradients included); this measures what adopting them would gain."""
+    from tinymoe.models import layers
     from tinymoe.ops.mlp import mlp
     from tinymoe.ops.packed_attention import packed_attention
 
@@ -93,14 +92,8 @@ def use_fused_ops() -> None:
     def mlp_forward(self, x):
         return mlp(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
 
-    def experts_forward(self, x, dispatch, gates):
-        g = ops.take(gates, dispatch.choice, axis=0)  # (M,) the gate of each dispatched row
-        return expert_mlp(x, g, dispatch.source, dispatch.group_sizes,
-                          self.fc1_weight, self.fc1_bias, self.fc2_weight, self.fc2_bias)
-
     layers.Attention.forward = attention_forward
     layers.Mlp.forward = mlp_forward
-    moe.ExpertMlps.forward = experts_forward
 
 
 def worker_tinymoe(args) -> dict:
@@ -316,7 +309,7 @@ def parse_args(argv):
     p.add_argument("--backend", choices=("numba", "reference"), default="numba", help="tinymoe kernel backend")
     p.add_argument(
         "--variant", choices=("model", "fused"), default="model",
-        help="model: tinymoe.models as written; fused: its attention/MLP/experts through the fused ops (see use_fused_ops)",
+        help="model: tinymoe.models as written; fused: its attention and MLPs through the fused ops (see use_fused_ops)",
     )
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.add_argument("--no-save", action="store_true", help="do not write bench/results/throughput_*.json")
