@@ -13,6 +13,11 @@ The held-out split (a seeded, per-class 10% of train) is never trained on by eit
 model's confusions must be measured on unseen images, and the validation split is kept for the final
 comparison only. The MoE trains on the same images as the dense model, so the two differ only in
 their architecture.
+
+With `upcycle=True` the MoE does not start from random weights but from the trained dense model
+(`tinymoe.models.upcycle`: every shared weight copied, every expert a copy of its block's dense MLP,
+the router fresh); it then trains for the same number of epochs, so it has seen twice the training
+of the dense model it is compared with (reported as `upcycled` in results.json).
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from tinymoe.data import (
 )
 from tinymoe.data.downsampled import find_batches
 from tinymoe.evaluation import evaluate, predict
-from tinymoe.models import ModelConfig, build_model, count
+from tinymoe.models import ModelConfig, build_model, count, upcycle
 from tinymoe.training import Trainer, TrainConfig, TrainingData
 
 DEFAULT_DATA_ROOT = "data"  # where `--data tiny-imagenet` looks (and downloads to), unless TINYMOE_DATA is set
@@ -157,6 +162,7 @@ class PipelineOptions:
     superclasses_file: Path | None = None  # use these superclasses instead of computing them
     model_seed: int = 0  # initial weights
     resume: bool = False  # continue interrupted stages from their last.npz
+    upcycle: bool = False  # initialise the MoE from the trained dense model (experts = copies of its MLPs)
 
 
 def _stage_dir(opts: PipelineOptions, stage: str) -> Path:
@@ -164,14 +170,19 @@ def _stage_dir(opts: PipelineOptions, stage: str) -> Path:
 
 
 def _train_stage(stage: str, config: ModelConfig, data: TrainingData, opts: PipelineOptions, groups, log,
-                 metadata: dict):
+                 metadata: dict, init_from=None):
+    """Train (or reuse) one stage's model; `init_from` = a dense model to upcycle the MoE from."""
     out_dir = _stage_dir(opts, stage)
     final = out_dir / "model.npz"
     if final.exists():
         log(f"[{stage}] reusing {final}")
         return load_model(final)
     log(f"[{stage}] training {config.describe()} for {opts.train.epochs} epochs -> {out_dir}")
-    model = build_model(config, seed=opts.model_seed)
+    if init_from is not None:
+        log(f"[{stage}] upcycled: every expert starts as a copy of the trained dense model's MLP")
+        model = upcycle(init_from, config, seed=opts.model_seed)
+    else:
+        model = build_model(config, seed=opts.model_seed)
     if groups is not None:
         model.set_class_to_group(groups)
     summary = Trainer(model, opts.train, data, out_dir, log=log, metadata=metadata).run(resume=opts.resume)
@@ -236,7 +247,19 @@ def run_pipeline(splits: Splits, opts: PipelineOptions, log=print) -> dict:
 
     moe = None
     if "moe" in opts.stages:
-        moe = _train_stage("moe", moe_config, data, opts, groups, log, metadata)
+        init_from = None
+        if opts.upcycle:
+            if dense is None:
+                dense_path = _stage_dir(opts, "dense") / "model.npz"
+                if not dense_path.exists():
+                    raise FileNotFoundError(
+                        f"upcycling the MoE needs the trained dense model: {dense_path} does not exist. Run the "
+                        "dense stage first (the default --model both does)"
+                    )
+                dense = load_model(dense_path)
+            init_from = dense
+            metadata = {**metadata, "upcycled_from": str(_stage_dir(opts, "dense") / "model.npz")}
+        moe = _train_stage("moe", moe_config, data, opts, groups, log, metadata, init_from=init_from)
         if moe is None:
             return results
 
@@ -247,6 +270,8 @@ def run_pipeline(splits: Splits, opts: PipelineOptions, log=print) -> dict:
         result = evaluate(model, splits.val_images, splits.val_labels)
         entry = {"config": model.config.to_dict(), "flops": cost.flops, "params": cost.params,
                  "active_params": cost.active_params, **result.as_dict()}
+        if name == "moe":
+            entry["upcycled"] = bool(opts.upcycle)
         if name == "moe" and splits.true_groups is not None and groups is not None:
             entry["superclasses_match_planted_groups"] = bool(_same_partition(groups, splits.true_groups))
         results[name] = entry

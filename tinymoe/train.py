@@ -4,6 +4,8 @@
     python -m tinymoe.train --layers 6 --dim 64 --data synthetic --epochs 3   # a one-minute demo
     python -m tinymoe.train --layers 6 --dim 64 --model dense         # one stage only
     python -m tinymoe.train ... --resume                              # continue an interrupted run
+    python -m tinymoe.train ... --randaugment 2 --mixup 0.8 --cutmix 1.0 --reprob 0.25 --drop-path 0.1
+                                                                      # the DeiT regularisation recipe
 
 See `tinymoe.pipeline` for what each stage does and writes. This module only turns flags into a
 PipelineOptions; the logic lives in the library.
@@ -50,6 +52,26 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--router-weight", type=float, default=0.3, help="weight of the router's superclass loss")
     g.add_argument("--router-input", choices=("class_token", "mean_tokens"), default="class_token")
     g.add_argument("--superclasses", type=Path, default=None, help="use this superclasses JSON instead of computing it")
+    g.add_argument("--upcycle", action="store_true",
+                   help="initialise the MoE from the trained dense model: every expert a copy of its block's MLP")
+    g.add_argument("--teacher-forcing", action="store_true",
+                   help="in training, route each image to its TRUE superclass's expert (gate: the router's "
+                        "probability of it); the router decides in evaluation")
+
+    g = p.add_argument_group("regularisation (all off by default; DeiT's values in brackets)")
+    g.add_argument("--randaugment", type=int, default=0, metavar="N", help="RandAugment ops per image [2]")
+    g.add_argument("--randaugment-magnitude", type=float, default=9.0, metavar="M", help="RandAugment magnitude 0..10 [9]")
+    g.add_argument("--reprob", "--random-erase", dest="random_erase", type=float, default=0.0,
+                   help="random-erasing probability per image [0.25]")
+    g.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA", help="mixup Beta(alpha, alpha) [0.8]")
+    g.add_argument("--cutmix", type=float, default=0.0, metavar="ALPHA", help="cutmix Beta(alpha, alpha) [1.0]")
+    g.add_argument("--mixup-prob", type=float, default=1.0, help="probability that a batch is mixed [1.0]")
+    g.add_argument("--mixup-switch-prob", type=float, default=0.5,
+                   help="probability of cutmix instead of mixup when both are on [0.5]")
+    g.add_argument("--drop-path", type=float, default=0.0, metavar="RATE",
+                   help="stochastic depth of the last block (rates grow linearly from 0 over depth) [0.1]")
+    g.add_argument("--expert-dropout", type=float, default=0.0, metavar="P",
+                   help="dropout on the hidden activations of the expert MLPs [not in DeiT]")
 
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int, default=15)
@@ -89,6 +111,33 @@ def apply_threads(threads: int | None) -> int:
     return n
 
 
+def train_config(args):
+    """The TrainConfig the flags describe."""
+    from tinymoe.training import TrainConfig
+
+    return TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, min_lr=args.min_lr,
+        weight_decay=args.weight_decay, warmup_epochs=args.warmup, label_smoothing=args.label_smoothing,
+        clip_grad=args.clip_grad or None, augment=not args.no_augment, pad_mode=args.pad_mode, seed=args.seed,
+        eval_every=args.eval_every, log_every=args.log_every, max_steps=args.max_steps,
+        randaugment_ops=args.randaugment, randaugment_magnitude=args.randaugment_magnitude,
+        random_erase=args.random_erase, mixup_alpha=args.mixup, cutmix_alpha=args.cutmix,
+        mix_prob=args.mixup_prob, mix_switch_prob=args.mixup_switch_prob,
+    )
+
+
+def model_config(args, num_classes: int, image_size: int):
+    """The (MoE) ModelConfig the flags describe, for data with `num_classes` classes of `image_size` px."""
+    from tinymoe.models import ModelConfig
+
+    return ModelConfig(
+        layers=args.layers, dim=args.dim, heads=args.heads, image_size=image_size, patch_size=args.patch_size,
+        num_classes=num_classes, moe_layers=args.moe_layers, experts=args.experts, k=args.k,
+        routing=args.routing, router_weight=args.router_weight, router_input=args.router_input,
+        drop_path=args.drop_path, expert_dropout=args.expert_dropout, teacher_forcing=args.teacher_forcing,
+    )
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     apply_threads(args.threads)
@@ -96,20 +145,18 @@ def main(argv=None) -> int:
     # Heavy imports only now (see the module docstring).
     from tinymoe.checkpoint import CheckpointError
     from tinymoe.data import DatasetFormatError, DatasetNotFoundError, DownloadError, ImageDecodeError
-    from tinymoe.models import ConfigError, ModelConfig
+    from tinymoe.models import ConfigError
     from tinymoe.pipeline import PipelineOptions, load_splits, run_pipeline
     from tinymoe.superclasses import SuperclassFileError
-    from tinymoe.training import TrainConfig, TrainingDiverged, TrainingInterrupted
+    from tinymoe.training import TrainingDiverged, TrainingInterrupted
 
     expected = (CheckpointError, ConfigError, DatasetFormatError, DatasetNotFoundError, DownloadError,
                 ImageDecodeError, SuperclassFileError, TrainingDiverged, FileExistsError, FileNotFoundError)
     try:
-        train = TrainConfig(
-            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, min_lr=args.min_lr,
-            weight_decay=args.weight_decay, warmup_epochs=args.warmup, label_smoothing=args.label_smoothing,
-            clip_grad=args.clip_grad or None, augment=not args.no_augment, pad_mode=args.pad_mode, seed=args.seed,
-            eval_every=args.eval_every, log_every=args.log_every, max_steps=args.max_steps,
-        )
+        try:
+            train = train_config(args)
+        except ValueError as err:  # a flag out of range: say which, without a traceback
+            raise ConfigError(str(err)) from None
         splits = load_splits(args.data, experts=args.experts, download=args.download, cache_dir=args.cache_dir,
                              seed=args.seed)
         image_size = args.image_size or splits.image_size
@@ -118,16 +165,12 @@ def main(argv=None) -> int:
                 f"--image-size {image_size}: the {splits.name} images are {splits.image_size} px; tinymoe does not "
                 "resize, so leave --image-size out or pass the dataset's size"
             )
-        model = ModelConfig(
-            layers=args.layers, dim=args.dim, heads=args.heads, image_size=image_size, patch_size=args.patch_size,
-            num_classes=splits.num_classes, moe_layers=args.moe_layers, experts=args.experts, k=args.k,
-            routing=args.routing, router_weight=args.router_weight, router_input=args.router_input,
-        )
+        model = model_config(args, splits.num_classes, image_size)
         stages = {"both": ("dense", "superclasses", "moe"), "dense": ("dense",), "moe": ("moe",)}[args.model]
         out = args.out or Path("runs") / f"{args.layers}x{args.dim}-{splits.name}"
         opts = PipelineOptions(out=out, model=model, train=train, stages=stages,
                                holdout_fraction=args.holdout_fraction, superclasses_file=args.superclasses,
-                               model_seed=args.seed, resume=args.resume)
+                               model_seed=args.seed, resume=args.resume, upcycle=args.upcycle)
         print(f"tinymoe: {splits.name}, {splits.train_images.shape[0]} train / {splits.val_images.shape[0]} val "
               f"images, {splits.num_classes} classes -> {out}", flush=True)
         run_pipeline(splits, opts)

@@ -18,6 +18,12 @@ noise comes from a generator whose state is checkpointed, and AdamW's moments ar
 run stopped at any step and resumed gives the same parameters as one that never stopped (on the same
 machine with the same thread count: BLAS may sum in a different order with other thread counts).
 
+Regularisation (all off by default): RandAugment, random erasing and mixup/cutmix are data-side
+settings of TrainConfig (applied by BatchLoader, see tinymoe.data.augment); stochastic depth and expert
+dropout are ModelConfig fields (their masks come from the checkpointed generator passed to the
+model as `rng=`). Under mixup/cutmix the batches carry soft targets; the loss uses them (label
+smoothing on top), and the logged training accuracy compares with each image's dominant label.
+
 Model selection: the final model is the one after the last epoch. Nothing is chosen by validation
 accuracy, so the validation set stays an honest estimate (evaluations on it are reported only).
 """
@@ -38,6 +44,7 @@ import numpy as np
 from tqdm import tqdm
 
 from tinymoe.checkpoint import CheckpointError, load_checkpoint, load_into, save_checkpoint
+from tinymoe.data.augment import Augmentation, dominant_labels
 from tinymoe.data.batches import IMAGENET_MEAN, IMAGENET_STD, BatchLoader
 from tinymoe.evaluation import evaluate
 from tinymoe.optim import AdamW, warmup_cosine_lr
@@ -61,6 +68,22 @@ class TrainConfig:
     log_every: int = 50  # steps between metric lines
     max_steps: int | None = None  # stop after this many steps (smoke runs); the schedule is unchanged
     prefetch: int = 2  # batches prepared ahead in a background thread
+    # ---- regularising augmentation (tinymoe.data.augment); the defaults are off ----
+    randaugment_ops: int = 0  # RandAugment ops per image (DeiT: 2); 0 = off
+    randaugment_magnitude: float = 9.0  # 0..10 (DeiT: 9)
+    random_erase: float = 0.0  # random-erasing probability per image (DeiT: 0.25); 0 = off
+    mixup_alpha: float = 0.0  # mixup Beta(alpha, alpha) (DeiT: 0.8); 0 = off
+    cutmix_alpha: float = 0.0  # cutmix Beta(alpha, alpha) (DeiT: 1.0); 0 = off
+    mix_prob: float = 1.0  # probability that a batch is mixed (when mixup or cutmix is on)
+    mix_switch_prob: float = 0.5  # probability of cutmix rather than mixup when both are on
+
+    def augmentation(self, num_classes: int) -> Augmentation:
+        """The BatchLoader settings of the regularising augmentations (checks them, too)."""
+        return Augmentation(
+            randaugment_ops=self.randaugment_ops, randaugment_magnitude=self.randaugment_magnitude,
+            erase_prob=self.random_erase, mixup_alpha=self.mixup_alpha, cutmix_alpha=self.cutmix_alpha,
+            mix_prob=self.mix_prob, switch_prob=self.mix_switch_prob, num_classes=num_classes,
+        )
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1:
@@ -71,6 +94,10 @@ class TrainConfig:
             raise ValueError(f"TrainConfig: label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.clip_grad is not None and self.clip_grad <= 0:
             raise ValueError(f"TrainConfig: clip_grad must be > 0 or None, got {self.clip_grad}")
+        try:
+            self.augmentation(num_classes=1)
+        except ValueError as err:
+            raise ValueError(f"TrainConfig: {err}") from None
 
 
 @dataclass
@@ -174,6 +201,7 @@ class Trainer:
             std=data.std,
             indices=data.train_indices,
             prefetch=cfg.prefetch,
+            augmentation=cfg.augmentation(model.config.num_classes),
         )
         if len(self.loader) == 0:
             raise ValueError(
@@ -184,7 +212,8 @@ class Trainer:
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.warmup_steps = int(round(cfg.warmup_epochs * self.steps_per_epoch))
         self.optimizer = make_optimizer(model, cfg)
-        # Router noise (token routing) in training: its own generator, checkpointed with the run.
+        # The model's randomness in training (router noise of token routing, stochastic depth, expert
+        # dropout): its own generator, checkpointed with the run.
         self.rng = np.random.default_rng([cfg.seed, 0x7E57])
         self.step = 0  # optimizer steps done
         self.history: list[dict] = []
@@ -317,11 +346,12 @@ class Trainer:
                 lr = warmup_cosine_lr(self.step, self.total_steps, self.warmup_steps, cfg.lr, cfg.min_lr)
                 terms, out = self._train_step(x, y, lr)
                 position = index + 1
-                images_seen += y.size
+                labels = dominant_labels(y)  # y itself, unless mixing made soft targets
+                images_seen += labels.size
                 stats["loss_sum"] += terms["loss"]
                 stats["steps"] += 1
-                stats["correct"] += int(np.sum(np.argmax(out.logits.data, axis=1) == y))
-                stats["seen"] += int(y.size)
+                stats["correct"] += int(np.sum(np.argmax(out.logits.data, axis=1) == labels))
+                stats["seen"] += int(labels.size)
                 counts = out.expert_counts()
                 if counts is not None:
                     stats["expert_counts"] = counts if stats["expert_counts"] is None else stats["expert_counts"] + counts
@@ -387,8 +417,11 @@ class Trainer:
         return {"loss_sum": 0.0, "steps": 0, "correct": 0, "seen": 0, "expert_counts": None}
 
     def _train_step(self, x: np.ndarray, y: np.ndarray, lr: float):
+        """One optimizer step. y: int labels (B,), or soft targets (B, C) under mixup/cutmix."""
         cfg = self.cfg
-        out = self.model(x, rng=self.rng)
+        # labels= is used only by teacher forcing (routing by the true superclass; under mixing, the
+        # dominant label's); the rng also draws stochastic depth and expert dropout masks.
+        out = self.model(x, rng=self.rng, labels=dominant_labels(y))
         # Check the outputs before the loss: cross_entropy refuses non-finite logits with a ValueError,
         # but here the right report is *which step* diverged and where the last good state is.
         if not np.all(np.isfinite(out.logits.data)):

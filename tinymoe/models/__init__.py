@@ -5,13 +5,14 @@
     >>> out = model(images)              # images: float32 (B, 64, 64, 3), channel-last
     >>> terms = model.loss(out, labels)  # after model.set_class_to_group(superclasses)
     >>> terms.total.backward()
+    >>> moe = upcycle(dense_model, moe_config, seed=0)   # an MoE whose experts start as the dense MLPs
 """
 
 from tinymoe.models.config import ROUTER_INPUTS, ROUTING_VARIANTS, ConfigError, ModelConfig, default_heads
 from tinymoe.models.flops import ModelCost, count
 from tinymoe.models.losses import LossTerms, model_loss, router_accuracy
 from tinymoe.models.moe import ImageRouting, TokenRouting, random_class_groups
-from tinymoe.models.vit import ModelOutput, VisionTransformer, build_model
+from tinymoe.models.vit import ModelOutput, VisionTransformer, build_model, upcycle
 
 __all__ = [
     "ConfigError",
@@ -30,4 +31,5 @@ __all__ = [
     "model_loss",
     "random_class_groups",
     "router_accuracy",
+    "upcycle",
 ]

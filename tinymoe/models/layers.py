@@ -6,6 +6,11 @@ All activations are (B, N, D): batch, tokens, width. Each block is pre-norm, as 
     x = x + MLP(LayerNorm(x))
 
 so the residual stream x is never normalised itself and gradients reach early blocks unchanged.
+
+Stochastic depth (Huang et al. 2016; "drop path" in timm and DeiT): in training, each residual branch
+is dropped for a random subset of the images, x = x + keep_b / (1 - rate) · branch(x), keep_b ~
+Bernoulli(1 - rate) per image b, so the expected update equals the branch and eval mode (no dropping,
+no scaling) computes exactly that expectation.
 """
 
 from __future__ import annotations
@@ -15,6 +20,20 @@ import numpy as np
 from tinymoe import ops
 from tinymoe.nn import LayerNorm, Linear, Module
 from tinymoe.tensor import Tensor
+
+
+def drop_path(branch: Tensor, rate: float, training: bool, rng: np.random.Generator | None) -> Tensor:
+    """Stochastic depth on a residual branch (B, ...): each image's branch is zeroed with probability
+    `rate` and the kept ones are scaled by 1 / (1 - rate), so E[output] = branch. Identity when not
+    training or rate == 0 (no random numbers are drawn then). `rng` supplies the per-image draws."""
+    if not training or rate == 0.0:
+        return branch
+    if rng is None:
+        raise ValueError("drop_path: stochastic depth in training mode needs a np.random.Generator (rng=)")
+    batch = branch.shape[0]
+    keep = rng.random(batch) >= rate  # (B,) True = this image keeps the branch
+    scale = (keep / (1.0 - rate)).astype(branch.dtype)  # 0 or 1/(1 - rate), in the branch's dtype
+    return branch * scale.reshape((batch,) + (1,) * (branch.ndim - 1))  # (B, 1, ..., 1) broadcasts
 
 
 class Attention(Module):
@@ -61,18 +80,26 @@ class Mlp(Module):
 
 
 class Block(Module):
-    """A dense pre-norm transformer block: attention, then the MLP, each added to the residual stream."""
+    """A dense pre-norm transformer block: attention, then the MLP, each added to the residual stream.
 
-    def __init__(self, dim: int, heads: int, hidden: int, eps: float, rng: np.random.Generator, dtype=np.float32):
+    `drop_rate` > 0 turns on stochastic depth for both branches in training mode (see `drop_path`).
+    """
+
+    def __init__(
+        self, dim: int, heads: int, hidden: int, eps: float, rng: np.random.Generator, dtype=np.float32,
+        drop_rate: float = 0.0,
+    ):
         super().__init__()
         self.norm1 = LayerNorm(dim, eps=eps, dtype=dtype)
         self.attn = Attention(dim, heads, rng=rng, dtype=dtype)
         self.norm2 = LayerNorm(dim, eps=eps, dtype=dtype)
         self.mlp = Mlp(dim, hidden, rng=rng, dtype=dtype)
+        self.drop_rate = float(drop_rate)
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+    def forward(self, x: Tensor, rng: np.random.Generator | None = None) -> Tensor:
+        """`rng` draws the stochastic-depth masks (needed only in training with drop_rate > 0)."""
+        x = x + drop_path(self.attn(self.norm1(x)), self.drop_rate, self.training, rng)
+        return x + drop_path(self.mlp(self.norm2(x)), self.drop_rate, self.training, rng)
 
 
-__all__ = ["Attention", "Mlp", "Block"]
+__all__ = ["Attention", "Mlp", "Block", "drop_path"]

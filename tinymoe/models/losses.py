@@ -8,6 +8,15 @@
 cross-entropy uses no label smoothing: its targets are the superclasses, a different task. The load
 loss needs router noise (it is the probability of winning under re-drawn noise), so in eval mode or
 with router_noise=0 a block's balance term is its importance loss alone.
+
+Soft targets (mixup / cutmix): `labels` may be float class probabilities t (B, C) instead of int labels.
+The classification term is then CE(logits, (1 - s) t + s / C), label smoothing applied to the mixed
+target. The router's target is the same mixture carried over to superclasses, t_E = t · G with
+G[c, e] = 1 if class c belongs to superclass e: an image that is 70% class a and 30% class b asks the
+router for 70% superclass(a) and 30% superclass(b) (the two add up when a and b share a superclass).
+That is the choice that keeps the router's task consistent with the classifier's under mixing; the
+alternative, the dominant label's superclass, would ask for a hard answer about an image that is
+visibly two images.
 """
 
 from __future__ import annotations
@@ -45,6 +54,10 @@ class LossTerms:
 
 def _labels(labels, batch: int, num_classes: int) -> np.ndarray:
     labels = np.asarray(labels.data if isinstance(labels, Tensor) else labels)
+    if labels.dtype.kind == "f":  # soft targets (B, C): cross_entropy checks their shape and values
+        if labels.shape != (batch, num_classes):
+            raise ValueError(f"soft targets must have shape (batch, classes) = ({batch}, {num_classes}), got {labels.shape}")
+        return labels
     if labels.shape != (batch,) or labels.dtype.kind not in "iu":
         raise ValueError(f"labels must be {batch} integer class indices (one per image), got shape {labels.shape} "
                          f"and dtype {labels.dtype}")
@@ -68,7 +81,13 @@ def model_loss(output, labels, config: ModelConfig, class_to_group=None, label_s
                 "has no class -> superclass map: call model.set_class_to_group(groups) with one group in "
                 f"[0, {config.experts}) per class (e.g. from tinymoe.superclasses), or use routing='learned'"
             )
-        targets = np.asarray(class_to_group)[labels]  # (B,) the superclass of each image
+        groups = np.asarray(class_to_group)
+        if labels.ndim == 1:
+            targets = groups[labels]  # (B,) the superclass of each image
+        else:  # soft targets (B, C) -> their mass per superclass (B, E)
+            membership = np.zeros((config.num_classes, config.experts), dtype=labels.dtype)  # G (C, E)
+            membership[np.arange(config.num_classes), groups] = 1
+            targets = labels @ membership
         router = ops.cross_entropy(output.routing.router_logits, targets)
         terms.router = float(router.item())
         total = total + config.router_weight * router

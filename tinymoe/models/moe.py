@@ -20,6 +20,12 @@ Gates: an expert's output is multiplied by its softmax probability, NOT renormal
 With k = 1 renormalising would make every gate 1 and cut the router off from the classification loss
 (the only signal a `learned` router has); V-MoE does not renormalise either.
 
+Teacher forcing (`ModelConfig.teacher_forcing`, per-image routing with superclass targets, training
+only): each image goes to the expert of its TRUE superclass instead of the router's top choice (for
+k > 1, the remaining k - 1 experts are the router's best others). The gate is still the router's
+softmax probability of that expert, so the router keeps learning through the gate and its superclass
+loss, and every expert trains only on its own superclass. In eval mode the router decides, as always.
+
 Sparse compute: experts are stored stacked, (E, D, hidden), and each expert runs one matrix product on
 exactly the rows routed to it (see `tinymoe.models.routing`); no expert ever sees a masked-out row.
 """
@@ -31,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tinymoe import ops
-from tinymoe.models.layers import Attention
+from tinymoe.models.layers import Attention, drop_path
 from tinymoe.models.routing import (
     Dispatch,
     capacity_keep_mask,
@@ -75,28 +81,51 @@ class ExpertMlps(Module):
         self.fc2_weight = Parameter(truncated_normal(rng, (experts, hidden, dim), dtype=dtype))
         self.fc2_bias = Parameter(np.zeros((experts, dim), dtype=dtype))
 
-    def forward(self, x: Tensor, dispatch: Dispatch, gates: Tensor) -> Tensor:
+    def forward(
+        self, x: Tensor, dispatch: Dispatch, gates: Tensor, dropout: float = 0.0, rng: np.random.Generator | None = None
+    ) -> Tensor:
         """Run the routed rows through their experts and sum each row's gated outputs.
 
         Args:
             x: (R, ..., D) rows (images (R=B, N, D), or tokens (R=B·N, D)).
             dispatch: which rows go to which expert (from `plan_dispatch`).
             gates: (R·k,) the gate of every (row, choice) pair, row-major.
+            dropout: p > 0 drops each hidden activation of the experts with probability p and scales the
+                rest by 1 / (1 - p) (inverted dropout; the caller passes 0 in eval mode). Draws from `rng`.
         Returns (R, ..., D): for row r, sum over its kept choices j of gate[r, j] · expert_{e(r,j)}(x[r]);
         zero for a row all of whose choices were dropped.
 
         One fused op (`tinymoe.ops.expert.expert_mlp`, Numba kernels); `forward_composed` below is the
         same computation spelled out in primitive ops, step by step, and the tests hold the two equal.
+        The fused op has no place for a dropout mask, so with dropout the composed version runs.
         """
+        if dropout > 0.0:
+            if rng is None:
+                raise ValueError("ExpertMlps: expert dropout needs a np.random.Generator (rng=)")
+            rows = int(dispatch.source.size)
+            shape = (rows,) + tuple(x.shape[1:-1]) + (self.hidden,)  # (M, ..., hidden): one draw per activation
+            keep = rng.random(shape, dtype=np.float32) >= dropout
+            mask = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - dropout))
+            return self.forward_composed(x, dispatch, gates, hidden_mask=mask)
         g = ops.take(gates, dispatch.choice, axis=0)  # (M,): the gate of each dispatched row
         return expert_mlp(
             x, g, dispatch.source, dispatch.group_sizes, self.fc1_weight, self.fc1_bias, self.fc2_weight, self.fc2_bias
         )
 
-    def forward_composed(self, x: Tensor, dispatch: Dispatch, gates: Tensor) -> Tensor:
-        """`forward` from primitive ops: gather, two grouped linear maps with GELU, gate, scatter back."""
+    def forward_composed(
+        self, x: Tensor, dispatch: Dispatch, gates: Tensor, hidden_mask: np.ndarray | None = None
+    ) -> Tensor:
+        """`forward` from primitive ops: gather, two grouped linear maps with GELU, gate, scatter back.
+
+        `hidden_mask` (M, ..., hidden), if given, multiplies the GELU activations (the dropout mask, already
+        scaled by 1 / (1 - p); a constant, so gradients flow only through the kept activations).
+        """
         xs = ops.take(x, dispatch.source, axis=0)  # (M, ..., D): each expert's rows, expert by expert
         h = ops.gelu(expert_linear(xs, self.fc1_weight, self.fc1_bias, dispatch.group_sizes))  # (M, ..., hidden)
+        if hidden_mask is not None:
+            if hidden_mask.shape != h.shape:
+                raise ValueError(f"ExpertMlps: hidden_mask has shape {hidden_mask.shape}, the hidden activations {h.shape}")
+            h = h * hidden_mask
         y = expert_linear(h, self.fc2_weight, self.fc2_bias, dispatch.group_sizes)  # (M, ..., D)
         g = ops.take(gates, dispatch.choice, axis=0)  # (M,): the gate of each dispatched row
         y = y * ops.reshape(g, g.shape + (1,) * (y.ndim - 1))  # (M, 1, ..., 1) broadcasts over tokens/width
@@ -138,16 +167,29 @@ class ImageRouter(Module):
         self.k, self.router_input = k, router_input
         self.weight = Parameter(truncated_normal(rng, (dim, experts), dtype=dtype))  # (D, E)
 
-    def forward(self, x: Tensor) -> ImageRouting:
-        """x: (B, N, D), the tokens after the last dense block (class token first)."""
+    def forward(self, x: Tensor, forced: np.ndarray | None = None) -> ImageRouting:
+        """x: (B, N, D), the tokens after the last dense block (class token first).
+
+        forced: optional (B,) experts that must be each image's first choice (teacher forcing); the
+        other k - 1 choices are the router's best remaining experts. Gates are probs either way.
+        """
         if self.router_input == "class_token":
             r = x[:, 0]  # (B, D)
         else:  # "mean_tokens": the mean of the patch tokens (the class token left out)
             r = ops.mean(x[:, 1:], axis=1)  # (B, D)
         logits = ops.linear(r, self.weight)  # (B, E)
         probs = ops.softmax(logits, axis=-1)
-        experts = top_k(logits.data, self.k)  # (B, k), best first; logits order = probs order
         batch = x.shape[0]
+        if forced is None:
+            experts = top_k(logits.data, self.k)  # (B, k), best first; logits order = probs order
+        else:
+            forced = np.asarray(forced, dtype=np.int64)
+            num_experts = logits.shape[-1]
+            if forced.shape != (batch,) or forced.min(initial=0) < 0 or forced.max(initial=0) >= num_experts:
+                raise ValueError(f"ImageRouter: forced must be {batch} experts in [0, {num_experts}), got {forced!r}")
+            ranking = top_k(logits.data, num_experts)  # (B, E): every expert, best first
+            others = ranking[ranking != forced[:, None]].reshape(batch, num_experts - 1)  # (B, E-1), order kept
+            experts = np.concatenate([forced[:, None], others[:, : self.k - 1]], axis=1)  # (B, k)
         gates = probs[np.arange(batch)[:, None], experts]  # (B, k), differentiable: reaches the router
         dispatch = plan_dispatch(experts, probs.shape[-1])
         return ImageRouting(logits, probs, experts, gates, dispatch.group_sizes, dispatch)
@@ -302,6 +344,8 @@ class MoEBlock(Module):
         token_routing: bool,
         rng: np.random.Generator,
         dtype=np.float32,
+        drop_rate: float = 0.0,
+        expert_dropout: float = 0.0,
     ):
         super().__init__()
         self.norm1 = LayerNorm(dim, eps=eps, dtype=dtype)
@@ -310,25 +354,32 @@ class MoEBlock(Module):
         self.experts = ExpertMlps(experts, dim, hidden, rng=rng, dtype=dtype)
         if token_routing:
             self.router = TokenRouter(dim, experts, rng=rng, dtype=dtype)
+        self.drop_rate = float(drop_rate)  # stochastic depth of both residual branches (training only)
+        self.expert_dropout = float(expert_dropout)  # dropout inside the experts (training only)
 
-    def forward(self, x: Tensor, routing: ImageRouting) -> Tensor:
-        """Per-image routing: every token of image b goes to the experts routing.experts[b]."""
-        x = x + self.attn(self.norm1(x))
+    def _expert_dropout(self) -> float:
+        return self.expert_dropout if self.training else 0.0
+
+    def forward(self, x: Tensor, routing: ImageRouting, rng: np.random.Generator | None = None) -> Tensor:
+        """Per-image routing: every token of image b goes to the experts routing.experts[b].
+        `rng` draws the stochastic-depth and expert-dropout masks (training only)."""
+        x = x + drop_path(self.attn(self.norm1(x)), self.drop_rate, self.training, rng)
         h = self.norm2(x)  # (B, N, D); rows = images, each carrying all N tokens
         gates = ops.reshape(routing.gates, (-1,))  # (B·k,)
-        return x + self.experts(h, routing.dispatch, gates)
+        y = self.experts(h, routing.dispatch, gates, self._expert_dropout(), rng)
+        return x + drop_path(y, self.drop_rate, self.training, rng)
 
     def forward_token_routed(
         self, x: Tensor, k: int, capacity_factor: float, noise_std: float, rng: np.random.Generator | None
     ) -> tuple[Tensor, TokenRouting]:
         """Token routing: each token goes to its own top-k experts, within capacity."""
-        x = x + self.attn(self.norm1(x))
+        x = x + drop_path(self.attn(self.norm1(x)), self.drop_rate, self.training, rng)
         h = self.norm2(x)  # (B, N, D)
         batch, tokens, dim = h.shape
         routing, dispatch = self.router(h, k, capacity_factor, noise_std, rng)
         rows = ops.reshape(h, (batch * tokens, dim))  # rows = tokens
-        y = self.experts(rows, dispatch, ops.reshape(routing.gates, (-1,)))  # (B·N, D); dropped tokens: 0
-        return x + ops.reshape(y, (batch, tokens, dim)), routing
+        y = self.experts(rows, dispatch, ops.reshape(routing.gates, (-1,)), self._expert_dropout(), rng)  # (B·N, D)
+        return x + drop_path(ops.reshape(y, (batch, tokens, dim)), self.drop_rate, self.training, rng), routing
 
 
 __all__ = [

@@ -122,13 +122,14 @@ class VisionTransformer(Module):
         self.pos_embed = Parameter(truncated_normal(rng, (1, c.num_tokens, d), dtype=dtype))
 
         blocks = []
-        for i in range(c.layers):
+        for i, rate in enumerate(c.drop_path_rates()):
             if c.is_moe_block(i):
                 blocks.append(
-                    MoEBlock(d, c.heads, c.hidden_dim, c.experts, c.norm_eps, c.routing == "token", rng, dtype)
+                    MoEBlock(d, c.heads, c.hidden_dim, c.experts, c.norm_eps, c.routing == "token", rng, dtype,
+                             drop_rate=rate, expert_dropout=c.expert_dropout)
                 )
             else:
-                blocks.append(Block(d, c.heads, c.hidden_dim, c.norm_eps, rng, dtype))
+                blocks.append(Block(d, c.heads, c.hidden_dim, c.norm_eps, rng, dtype, drop_rate=rate))
         self.blocks = ModuleList(blocks)
         if c.is_moe and c.routing != "token":
             self.router = ImageRouter(d, c.experts, c.k, c.router_input, rng, dtype)
@@ -199,34 +200,57 @@ class VisionTransformer(Module):
         x = ops.concatenate([cls, x], axis=1)  # (B, N, D)
         return x + self.pos_embed
 
-    def forward(self, images, rng: np.random.Generator | None = None) -> ModelOutput:
+    def forward(self, images, rng: np.random.Generator | None = None, labels=None) -> ModelOutput:
         """Logits and routing statistics for a batch of channel-last images (B, H, W, C).
 
-        `rng` drives the router noise of token routing in training mode (default: `self.rng`).
+        `rng` drives everything random in training mode (default: `self.rng`): the router noise of token
+        routing, the stochastic-depth masks and the expert-dropout masks. `labels` (B,) int are needed
+        only in training with `config.teacher_forcing` (each image is routed to its label's superclass);
+        otherwise they are ignored.
         """
         c = self.config
+        rng = self.rng if rng is None else rng
         x = self.embed(images)
         routing, token_routing = None, []
         for i, block in enumerate(self.blocks):
             if not c.is_moe_block(i):
-                x = block(x)
+                x = block(x, rng)
                 continue
             if c.routing == "token":
                 training = self.training
                 cf = c.capacity_factor if training else c.eval_capacity_factor
                 noise_std = c.router_noise / c.experts if training else 0.0  # V-MoE: sigma = 1/E
-                x, r = block.forward_token_routed(x, c.k, cf, noise_std, self.rng if rng is None else rng)
+                x, r = block.forward_token_routed(x, c.k, cf, noise_std, rng)
                 token_routing.append(r)
             else:
                 if routing is None:  # after the last dense block: one decision per image, for all MoE blocks
-                    routing = self.router(x)
-                x = block(x, routing)
+                    routing = self.router(x, forced=self._forced_experts(labels, x.shape[0]))
+                x = block(x, routing, rng)
         cls = self.norm(x[:, 0])  # (B, D): only the class token is classified, so only it is normalised
         return ModelOutput(self.head(cls), routing, token_routing)
 
+    def _forced_experts(self, labels, batch: int) -> np.ndarray | None:
+        """Teacher forcing (training only): the superclass of each image's label, else None."""
+        c = self.config
+        if not (c.teacher_forcing and self.training):
+            return None
+        if labels is None:
+            raise ValueError(
+                "teacher_forcing routes each training image by its label's superclass: call model(images, labels=labels) "
+                "(int class indices), or switch to eval mode (model.eval()) where the router decides"
+            )
+        if self.class_to_group is None:
+            raise ValueError("teacher_forcing needs the class -> superclass map: call model.set_class_to_group(groups)")
+        labels = np.asarray(labels.data if isinstance(labels, Tensor) else labels)
+        if labels.shape != (batch,) or labels.dtype.kind not in "iu":
+            raise ValueError(f"teacher forcing: labels must be {batch} integer class indices, got {labels.dtype} "
+                             f"{labels.shape} (for soft targets pass the dominant class, e.g. targets.argmax(1))")
+        return self.class_to_group[labels]
+
     # ----------------------------------------------------------------------------------------------
     def loss(self, output: ModelOutput, labels, label_smoothing: float = 0.0):
-        """The training loss and its terms (see `tinymoe.models.losses.model_loss`)."""
+        """The training loss and its terms (see `tinymoe.models.losses.model_loss`). `labels` are int
+        class indices (B,) or soft targets (B, num_classes), e.g. from mixup/cutmix."""
         from tinymoe.models.losses import model_loss
 
         return model_loss(output, labels, self.config, self.class_to_group, label_smoothing=label_smoothing)
@@ -240,4 +264,50 @@ def build_model(config: ModelConfig, seed: int | None = 0, dtype=np.float32) -> 
     return VisionTransformer(config, rng=seed, dtype=dtype)
 
 
-__all__ = ["VisionTransformer", "ModelOutput", "build_model"]
+# The fields that fix a model's backbone: an MoE can be upcycled from a dense model only if they agree.
+BACKBONE_FIELDS = ("layers", "dim", "heads", "mlp_ratio", "image_size", "patch_size", "channels", "num_classes",
+                   "norm_eps")
+
+
+def upcycle(dense: VisionTransformer, moe_config: ModelConfig, seed: int | None = 0) -> VisionTransformer:
+    """An MoE initialised from a trained dense ViT ("sparse upcycling", Komatsuzaki et al. 2023).
+
+    Every weight the two share is copied (patch embedding, class token, position embedding, every
+    block's norms and attention, the dense blocks' MLPs, the final norm and the head); in each MoE
+    block, every expert starts as a copy of that block's dense MLP. The router(s) are freshly
+    initialised from `seed`, as a new model's would be.
+
+    What this preserves: with all experts equal, an MoE block computes x + (sum of the chosen gates) ·
+    MLP(LayerNorm(x)). The gates are softmax probabilities and are not renormalised (see moe.py), so
+    the upcycled model equals the dense one exactly when each image's chosen gates sum to 1 (k = E);
+    with k < E each MoE block's MLP branch starts scaled by the chosen gates' sum (about k / E for a
+    fresh router, whose probabilities are nearly uniform), which the router's training then raises.
+    """
+    if not isinstance(dense, VisionTransformer) or dense.config.is_moe:
+        raise ValueError("upcycle: needs a trained dense VisionTransformer (moe_layers=0) to copy from")
+    if not moe_config.is_moe:
+        raise ValueError("upcycle: moe_config must have moe_layers > 0 (it is the MoE to initialise)")
+    clash = {f: (getattr(dense.config, f), getattr(moe_config, f)) for f in BACKBONE_FIELDS
+             if getattr(dense.config, f) != getattr(moe_config, f)}
+    if clash:
+        listed = ", ".join(f"{f}: dense {a} vs MoE {b}" for f, (a, b) in clash.items())
+        raise ValueError(f"upcycle: the dense model and the MoE config have different backbones ({listed}); "
+                         "upcycle from a dense model of the same size")
+    moe = VisionTransformer(moe_config, rng=seed, dtype=dense.dtype)
+    source = dense.state_dict()
+    target = moe.state_dict()
+    for name in target:
+        parts = name.split(".")
+        if name in source:  # shared by both architectures
+            target[name] = source[name]
+        elif len(parts) == 4 and parts[0] == "blocks" and parts[2] == "experts":
+            layer, field = parts[1], parts[3]  # e.g. fc1_weight -> the dense block's mlp.fc1.weight
+            fc, kind = field.split("_")
+            dense_param = source[f"blocks.{layer}.mlp.{fc}.{kind}"]  # (D, H) or (H,) ...
+            target[name] = np.broadcast_to(dense_param, target[name].shape).copy()  # (E, ...): one copy per expert
+        # everything else (the routers) keeps its fresh initialisation
+    moe.load_state_dict(target)
+    return moe
+
+
+__all__ = ["VisionTransformer", "ModelOutput", "build_model", "upcycle", "BACKBONE_FIELDS"]
