@@ -1,0 +1,558 @@
+"""The reproduction study (issue 8): under what recipe does Mobile V-MoE beat its dense twin at equal epochs?
+
+    python bench/study.py run --data ../shared/data/tiny-imagenet-200.zip     # the grid below; resumable
+    python bench/study.py run --dry-run                                      # list the runs and commands
+    python bench/study.py table                                              # bench/results/study/table.md
+    python bench/study.py plots                                              # Δ vs factors, train/val curves
+
+A grid is a base recipe (flags of `python -m tinymoe.train`) and factors, each with levels (extra flags);
+the first level of every factor is the base's. Designs:
+  one-at-a-time  the base, then every other level of every factor alone (plus `combinations`, listed
+                 explicitly, for interactions worth a run, e.g. regularisation + upcycling);
+  full           every combination of levels (the product grows fast: use for 2-3 factors).
+Each (recipe, seed) is one run: the whole protocol (dense -> superclasses -> MoE -> evaluation on val)
+in `--runs-dir/<run>`, launched as a subprocess of `python -m tinymoe.train ... --resume`, so both models
+of a pair train on the same images for the same epochs.
+
+Resumable at two levels: a run whose JSON exists in bench/results/study/ is skipped; an unfinished run
+continues from its checkpoints (Ctrl-C stops the child cleanly; run the same command again).
+
+Dense models are shared: factors that change only the MoE (MOE_ONLY_FLAGS: experts, k, router input,
+upcycling, teacher forcing, expert dropout...) leave the dense model unchanged, so a run copies the finished
+dense stage of an earlier run with the same dense flags instead of training it again (recorded as
+`dense_shared_from`). The MoE stage always trains.
+
+Output, one JSON per run in bench/results/study/: the run's factors and flags, the exact command, the
+machine, wall time, both models' val top-1/top-5, FLOPs and parameters, Δ = MoE − dense, router accuracy,
+expert load, and the per-epoch history (train loss, train top-1, val top-1) of both stages. `table`
+writes a Markdown table (and a per-recipe summary over seeds); `plots` draws Δ against each factor and
+train/val curves per run with Pillow. Every number in them comes from these JSON files.
+
+Selection caveat: this grid compares recipes on the official val split, the same images the final
+numbers are reported on. Picking the best recipe by its val Δ makes that Δ optimistic; the table says
+so, and a claimed winner should be re-run with fresh seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "study"
+RUNS = Path("runs") / "study"
+
+# Flags that change only the MoE stage (and the superclass stage, which uses --experts): runs that differ
+# only in these have the same dense model.
+MOE_ONLY_FLAGS = {"experts", "k", "moe-layers", "routing", "router-weight", "router-input", "superclasses",
+                  "upcycle", "teacher-forcing", "expert-dropout"}
+
+DEIT = {"randaugment": 2, "randaugment-magnitude": 9, "mixup": 0.8, "cutmix": 1.0, "reprob": 0.25, "drop-path": 0.1}
+
+# The proposed study on Tiny ImageNet. The base is the calibration recipe of issue 7 (6x64, patch 16,
+# 15 epochs, AdamW 2e-3, batch 256, wd 0.05, 1 warm-up epoch, label smoothing 0.1, reflect-padded crop
+# + flip, router on the class token), where an independent run found dense 23.6 vs MoE 23.8.
+GRIDS = {
+    "tiny-imagenet": {
+        "data": "tiny-imagenet",
+        "base": {"layers": 6, "dim": 64, "patch-size": 16, "epochs": 15, "batch-size": 256, "lr": 2e-3,
+                 "weight-decay": 0.05, "warmup": 1, "label-smoothing": 0.1, "pad-mode": "reflect",
+                 "eval-every": 1},
+        "design": "one-at-a-time",
+        "factors": {
+            "regularisation": {"crop+flip": {}, "light": {"randaugment": 2, "drop-path": 0.1}, "deit": DEIT},
+            "expert-dropout": {"0": {}, "0.2": {"expert-dropout": 0.2}},
+            "upcycle": {"no": {}, "yes": {"upcycle": True}},
+            "routing-in-training": {"router": {}, "true-superclass": {"teacher-forcing": True}},
+            "k": {"1": {}, "2": {"k": 2}},
+            "experts": {"10": {}, "4": {"experts": 4}, "6": {"experts": 6}},
+            "router-input": {"class_token": {}, "mean_tokens": {"router-input": "mean_tokens"}},
+            "epochs": {"15": {}, "30": {"epochs": 30}},
+            "size": {"6x64": {}, "6x96": {"dim": 96}},
+        },
+        "combinations": [
+            {"regularisation": "deit", "upcycle": "yes"},
+            {"regularisation": "deit", "expert-dropout": "0.2"},
+            {"regularisation": "deit", "routing-in-training": "true-superclass"},
+        ],
+        "seeds": [0],
+    },
+    # A seconds-long grid on the synthetic dataset (the test suite runs it).
+    "smoke": {
+        "data": "synthetic",
+        "base": {"layers": 2, "dim": 16, "heads": 2, "experts": 3, "moe-layers": 1, "patch-size": 8, "epochs": 1,
+                 "batch-size": 32},
+        "design": "one-at-a-time",
+        "factors": {"router-input": {"class_token": {}, "mean_tokens": {"router-input": "mean_tokens"}}},
+        "combinations": [],
+        "seeds": [0],
+    },
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# The plan
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class Run:
+    name: str  # e.g. "base-seed0", "k=2-seed0", "regularisation=deit,upcycle=yes-seed0"
+    levels: dict  # factor -> level, for every factor (base levels included)
+    seed: int
+    flags: dict  # flag (without --) -> value: the base's, then each chosen level's
+    changed: dict = field(default_factory=dict)  # only the factors away from their base level
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^A-Za-z0-9=.,_+-]", "_", self.name)
+
+
+def _check_grid(grid: dict) -> None:
+    for key in ("base", "factors", "seeds"):
+        if key not in grid:
+            raise SystemExit(f"study grid: missing {key!r} (a grid needs base, factors, seeds; see GRIDS)")
+    if grid.get("design", "one-at-a-time") not in ("one-at-a-time", "full"):
+        raise SystemExit(f"study grid: design must be 'one-at-a-time' or 'full', got {grid['design']!r}")
+    for factor, levels in grid["factors"].items():
+        if not levels:
+            raise SystemExit(f"study grid: factor {factor!r} has no levels")
+    for combo in grid.get("combinations", []):
+        for factor, level in combo.items():
+            if level not in grid["factors"].get(factor, {}):
+                raise SystemExit(f"study grid: combination {combo} names an unknown factor or level {factor}={level}")
+
+
+def plan(grid: dict) -> list[Run]:
+    """The runs of a grid, base first, then by factor (one-at-a-time) or in product order (full)."""
+    _check_grid(grid)
+    factors = grid["factors"]
+    base_levels = {f: next(iter(levels)) for f, levels in factors.items()}
+    if grid.get("design", "one-at-a-time") == "full":
+        choices = [dict(zip(factors, combo)) for combo in itertools.product(*(list(v) for v in factors.values()))]
+    else:
+        choices = [{}]
+        for factor, levels in factors.items():
+            choices += [{factor: level} for level in list(levels)[1:]]
+        choices += [dict(c) for c in grid.get("combinations", [])]
+    runs, seen = [], set()
+    for seed in grid["seeds"]:
+        for choice in choices:
+            levels = {**base_levels, **choice}
+            changed = {f: lv for f, lv in levels.items() if lv != base_levels[f]}
+            flags = dict(grid["base"])
+            for factor, level in levels.items():
+                flags.update(factors[factor][level])
+            stem = ",".join(f"{f}={lv}" for f, lv in changed.items()) or "base"
+            name = f"{stem}-seed{seed}"
+            if name not in seen:
+                seen.add(name)
+                runs.append(Run(name, levels, seed, flags, changed))
+    return runs
+
+
+def _flag_args(flags: dict) -> list[str]:
+    args = []
+    for flag, value in flags.items():
+        if value is True:
+            args.append(f"--{flag}")
+        elif value is not False and value is not None:
+            args += [f"--{flag}", str(value)]
+    return args
+
+
+def command(run: Run, data: str, runs_dir: Path, threads: int) -> list[str]:
+    """The exact `python -m tinymoe.train` invocation of a run."""
+    return ([sys.executable, "-m", "tinymoe.train", "--data", str(data), "--out", str(runs_dir / run.slug),
+             "--resume", "--threads", str(threads), "--seed", str(run.seed)] + _flag_args(run.flags))
+
+
+def dense_signature(run: Run, data: str) -> str:
+    """Everything that determines the dense model of a run (synthetic data also depends on --experts)."""
+    moe_only = MOE_ONLY_FLAGS - ({"experts"} if data == "synthetic" else set())
+    dense_flags = {k: v for k, v in run.flags.items() if k not in moe_only}
+    return json.dumps({"data": str(data), "seed": run.seed, "flags": dense_flags}, sort_keys=True)
+
+
+def _share_dense(run: Run, runs: list[Run], data: str, runs_dir: Path, log) -> str | None:
+    """Copy a finished dense stage with the same signature into this run's directory; return its run name."""
+    target = runs_dir / run.slug / "dense"
+    if (target / "model.npz").exists():
+        return None
+    mine = dense_signature(run, data)
+    for other in runs:
+        source = runs_dir / other.slug / "dense"
+        if other is run or dense_signature(other, data) != mine or not (source / "model.npz").exists():
+            continue
+        target.mkdir(parents=True, exist_ok=True)
+        for name in ("model.npz", "summary.csv", "metrics.jsonl", "train_config.json"):
+            if (source / name).exists():
+                shutil.copy2(source / name, target / name)
+        log(f"[{run.name}] dense stage shared from {other.name} (same dense flags)")
+        return other.name
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# Running and recording
+# --------------------------------------------------------------------------------------------------
+def _stage_history(run_dir: Path, stage: str) -> tuple[list[dict], float | None]:
+    """Per-epoch rows (train loss/top-1, val loss/top-1/top-5, expert counts) and training seconds."""
+    from tinymoe.checkpoint import load_checkpoint
+
+    path = run_dir / stage / "model.npz"
+    if not path.exists():
+        return [], None
+    history = load_checkpoint(path).metadata.get("history", [])
+    seconds = [row["seconds"] for row in history if "seconds" in row]
+    return history, (sum(seconds) if seconds else None)
+
+
+def record(run: Run, grid_name: str, data: str, cmd: list[str], run_dir: Path, wall: float,
+           shared_from: str | None, results_dir: Path) -> Path:
+    """Write results_dir/<run>.json from what the run wrote (results.json, the stages' histories)."""
+    results = json.loads((run_dir / "results.json").read_text())
+    entry = {
+        "name": run.name,
+        "grid": grid_name,
+        "levels": run.levels,
+        "changed": run.changed,
+        "seed": run.seed,
+        "flags": run.flags,
+        "data": str(data),
+        "dataset": results["dataset"],
+        "command": shlex.join(cmd),
+        "machine": describe(),
+        "wall_seconds_last_invocation": wall,
+        "dense_shared_from": shared_from,
+        "train_images": results["train_images"],
+        "holdout_images": results["holdout_images"],
+        "train_config": results["train_config"],
+        "delta_top1": results.get("delta_top1"),
+    }
+    routing = run.flags.get("routing", "superclass")
+    for model, stage in (("dense", "dense"), ("moe", f"moe-{routing}")):
+        if model in results:
+            history, seconds = _stage_history(run_dir, stage)
+            entry[model] = {**results[model], "history": history, "train_seconds": seconds}
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / f"{run.slug}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(entry, indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def run_grid(grid: dict, grid_name: str, data: str, runs_dir: Path, results_dir: Path, threads: int,
+             only: list[str] | None = None, dry_run: bool = False, log=print) -> dict:
+    """Run every unfinished run of the grid in order; return {"done": [...], "skipped": [...], "failed": [...]}."""
+    runs = plan(grid)
+    if only:
+        unknown = sorted(set(only) - {r.name for r in runs})
+        if unknown:
+            raise SystemExit(f"--only: no runs named {unknown}; the grid's runs are {[r.name for r in runs]}")
+    status = {"done": [], "skipped": [], "failed": []}
+    for run in runs:
+        if only and run.name not in only:
+            continue
+        out_json = results_dir / f"{run.slug}.json"
+        cmd = command(run, data, runs_dir, threads)
+        if out_json.exists():
+            status["skipped"].append(run.name)
+            log(f"[{run.name}] finished earlier: {out_json}")
+            continue
+        if dry_run:
+            log(f"[{run.name}] {shlex.join(cmd)}")
+            continue
+        run_dir = runs_dir / run.slug
+        run_dir.mkdir(parents=True, exist_ok=True)
+        shared_from = _share_dense(run, runs, data, runs_dir, log)
+        if shared_from is None and (run_dir / "dense_shared_from.txt").exists():
+            shared_from = (run_dir / "dense_shared_from.txt").read_text().strip() or None  # an earlier invocation
+        elif shared_from is not None:
+            (run_dir / "dense_shared_from.txt").write_text(shared_from + "\n")
+        log(f"[{run.name}] {shlex.join(cmd)}")
+        start = time.perf_counter()
+        with open(run_dir / "study.log", "a", encoding="utf-8") as out:
+            out.write(f"\n$ {shlex.join(cmd)}\n")
+            out.flush()
+            code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode
+        wall = time.perf_counter() - start
+        if code == 130:
+            log(f"[{run.name}] interrupted; run the same command again to continue")
+            raise KeyboardInterrupt
+        if code != 0 or not (run_dir / "results.json").exists():
+            tail = (run_dir / "study.log").read_text().splitlines()[-5:]
+            log(f"[{run.name}] FAILED (exit code {code}); last lines of {run_dir / 'study.log'}:\n  " + "\n  ".join(tail))
+            status["failed"].append(run.name)
+            continue
+        path = record(run, grid_name, data, cmd, run_dir, wall, shared_from, results_dir)
+        status["done"].append(run.name)
+        log(f"[{run.name}] done in {wall:.0f}s -> {path}")
+    return status
+
+
+# --------------------------------------------------------------------------------------------------
+# The table
+# --------------------------------------------------------------------------------------------------
+def load_results(results_dir: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(results_dir.glob("*.json"))]
+
+
+def _final_train_loss(entry: dict, model: str) -> float | None:
+    history = entry.get(model, {}).get("history") or []
+    return history[-1].get("train_loss") if history else None
+
+
+def expert_load(counts) -> str:
+    """The busiest expert's share of the val images and the number of idle experts, e.g. '14% / 0 idle'."""
+    if not counts:
+        return "-"
+    total = max(sum(counts), 1)
+    idle = sum(1 for c in counts if c == 0)
+    return f"{100 * max(counts) / total:.0f}% / {idle} idle"
+
+
+def _fmt(value, spec=".2f", suffix="") -> str:
+    return "-" if value is None else f"{value:{spec}}{suffix}"
+
+
+def table(results: list[dict]) -> str:
+    """Markdown: one row per run, then Δ over seeds per recipe (when a recipe has several seeds)."""
+    if not results:
+        raise SystemExit("no study results yet: run `python bench/study.py run` first")
+    header = ("| run | dense top-1 | MoE top-1 | Δ | router acc | dense train loss | MoE train loss | "
+              "busiest expert / idle | MFLOPs dense / MoE | epochs | hours (both stages) |")
+    lines = ["Top-1 on the val split (%); Δ = MoE − dense; train loss = last epoch's mean training loss "
+             "(regularised batches, so not comparable across recipes); expert load on val.", "",
+             header, "|" + "---|" * (header.count("|") - 1)]
+    for r in results:
+        dense, moe = r.get("dense", {}), r.get("moe", {})
+        seconds = sum(x for x in (dense.get("train_seconds"), moe.get("train_seconds")) if x)
+        epochs = r["train_config"]["epochs"]
+        flops = f"{_fmt(dense.get('flops', 0) / 1e6, '.1f')} / {_fmt(moe.get('flops', 0) / 1e6, '.1f')}"
+        shared = " (dense shared)" if r.get("dense_shared_from") else ""
+        lines.append(
+            f"| {r['name']}{shared} | {_fmt(dense.get('top1'))} | {_fmt(moe.get('top1'))} | "
+            f"{_fmt(r.get('delta_top1'), '+.2f')} | {_fmt(moe.get('router_accuracy'), '.1f')} | "
+            f"{_fmt(_final_train_loss(r, 'dense'), '.3f')} | {_fmt(_final_train_loss(r, 'moe'), '.3f')} | "
+            f"{expert_load(moe.get('expert_counts'))} | {flops} | {epochs} | {seconds / 3600:.1f} |"
+        )
+    recipes: dict[str, list[float]] = {}
+    for r in results:
+        if r.get("delta_top1") is not None:
+            recipe = ",".join(f"{f}={lv}" for f, lv in r["changed"].items()) or "base"
+            recipes.setdefault(recipe, []).append(r["delta_top1"])
+    if any(len(v) > 1 for v in recipes.values()):
+        lines += ["", "| recipe | seeds | Δ mean | Δ std | Δ min .. max |", "|---|---|---|---|---|"]
+        for recipe, deltas in recipes.items():
+            n = len(deltas)
+            mean = sum(deltas) / n
+            std = (sum((d - mean) ** 2 for d in deltas) / (n - 1)) ** 0.5 if n > 1 else float("nan")
+            lines.append(f"| {recipe} | {n} | {mean:+.2f} | {std:.2f} | {min(deltas):+.2f} .. {max(deltas):+.2f} |")
+    lines += ["", "These recipes are compared on the val split itself: choosing the best by its Δ makes that Δ "
+              "optimistic (selection on the test set); re-run a winner with new seeds before claiming it."]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------
+# Plots (Pillow)
+# --------------------------------------------------------------------------------------------------
+BLUE, RED, GREY = (31, 119, 180), (214, 39, 40), (150, 150, 150)
+
+
+class Panel:
+    """One chart in a rectangle of an image: data -> pixel mapping, frame, ticks, lines, points."""
+
+    def __init__(self, draw: ImageDraw.ImageDraw, box, x_range, y_range, title: str = "", y_label: str = ""):
+        self.draw, self.box = draw, box
+        (self.x0, self.x1), (self.y0, self.y1) = x_range, y_range
+        left, top, right, bottom = box
+        draw.rectangle(box, outline="black")
+        draw.text((left, top - 14), title, fill="black")
+        if y_label:
+            draw.text((left - 44, top - 28), y_label, fill="black")
+        for i in range(5):
+            y = self.y0 + i * (self.y1 - self.y0) / 4
+            py = self.at(self.x0, y)[1]
+            draw.line([(left - 3, py), (left, py)], fill="black")
+            draw.text((left - 40, py - 6), f"{y:.1f}", fill="black")
+
+    def at(self, x: float, y: float) -> tuple[float, float]:
+        left, top, right, bottom = self.box
+        px = left + (x - self.x0) / max(self.x1 - self.x0, 1e-9) * (right - left)
+        py = bottom - (y - self.y0) / max(self.y1 - self.y0, 1e-9) * (bottom - top)
+        return px, py
+
+    def x_tick(self, x: float, label: str) -> None:
+        px, _ = self.at(x, self.y0)
+        bottom = self.box[3]
+        self.draw.line([(px, bottom), (px, bottom + 3)], fill="black")
+        self.draw.text((px - 3 * len(label), bottom + 5), label, fill="black")
+
+    def line(self, xs, ys, colour, dashed: bool = False, width: int = 2) -> None:
+        points = [self.at(x, y) for x, y in zip(xs, ys) if y is not None]
+        for a, b in zip(points, points[1:]):
+            if not dashed:
+                self.draw.line([a, b], fill=colour, width=width)
+                continue
+            steps = max(int(((b[0] - a[0]) ** 2 + (b[1] - a[1]) ** 2) ** 0.5 // 6), 1)
+            for s in range(0, steps, 2):  # every other 6-pixel piece
+                t0, t1 = s / steps, min((s + 1) / steps, 1.0)
+                self.draw.line([(a[0] + t0 * (b[0] - a[0]), a[1] + t0 * (b[1] - a[1])),
+                                (a[0] + t1 * (b[0] - a[0]), a[1] + t1 * (b[1] - a[1]))], fill=colour, width=width)
+
+    def point(self, x: float, y: float, colour, radius: int = 4) -> None:
+        px, py = self.at(x, y)
+        self.draw.ellipse([px - radius, py - radius, px + radius, py + radius], fill=colour)
+
+
+def _padded(lo: float, hi: float, pad: float = 0.1) -> tuple[float, float]:
+    span = max(hi - lo, 1e-6)
+    return lo - pad * span, hi + pad * span
+
+
+def plot_deltas(results: list[dict], grid: dict, out: Path) -> Path:
+    """One panel per factor: Δ of the runs that differ from the base in that factor only (and the base),
+    one dot per seed, a bar at the mean; the dashed line is Δ = 0 (MoE = dense)."""
+    factors = list(grid["factors"])
+    base_levels = {f: next(iter(v)) for f, v in grid["factors"].items()}
+    by_factor = {}
+    for factor in factors:
+        points = []
+        for i, level in enumerate(grid["factors"][factor]):
+            for r in results:
+                away = r.get("changed", {})
+                wanted = {} if level == base_levels[factor] else {factor: level}
+                if away == wanted and r.get("delta_top1") is not None:
+                    points.append((i, r["delta_top1"]))
+        by_factor[factor] = points
+    deltas = [d for pts in by_factor.values() for _, d in pts] + [0.0]
+    y_range = _padded(min(deltas), max(deltas))
+    cols = 3
+    rows = -(-len(factors) // cols)
+    w, h = 300, 220
+    img = Image.new("RGB", (cols * w + 40, rows * h + 40), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((10, 8), "MoE - dense top-1 on val (points), one factor changed from the base recipe", fill="black")
+    for n, factor in enumerate(factors):
+        left, top = 60 + (n % cols) * w, 50 + (n // cols) * h
+        levels = list(grid["factors"][factor])
+        panel = Panel(draw, (left, top, left + w - 80, top + h - 70), (-0.5, len(levels) - 0.5), y_range, factor)
+        panel.line([-0.5, len(levels) - 0.5], [0.0, 0.0], GREY, dashed=True, width=1)
+        for i, level in enumerate(levels):
+            panel.x_tick(i, level[:12])
+            values = [d for j, d in by_factor[factor] if j == i]
+            for d in values:
+                panel.point(i, d, RED if d < 0 else BLUE, radius=3)
+            if values:
+                mean = sum(values) / len(values)
+                a, b = panel.at(i - 0.25, mean), panel.at(i + 0.25, mean)
+                draw.line([a, b], fill="black", width=2)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    img.save(out)
+    return out
+
+
+def plot_curves(entry: dict, out: Path) -> Path:
+    """Top-1 per epoch: dense (blue) and MoE (red), train dashed (on augmented batches), val solid."""
+    series = []
+    for model, colour in (("dense", BLUE), ("moe", RED)):
+        history = entry.get(model, {}).get("history") or []
+        epochs = [row["epoch"] for row in history]
+        series.append((f"{model} train", colour, True, epochs, [row.get("train_top1") for row in history]))
+        series.append((f"{model} val", colour, False, epochs, [row.get("eval_top1") for row in history]))
+    values = [v for *_, ys in series for v in ys if v is not None]
+    epochs = [e for *_, xs, _ in series for e in xs]
+    if not values:
+        raise ValueError(f"{entry['name']}: no per-epoch history to plot")
+    img = Image.new("RGB", (560, 360), "white")
+    draw = ImageDraw.Draw(img)
+    panel = Panel(draw, (60, 40, 420, 310), _padded(min(epochs), max(epochs), 0.02), _padded(min(values), max(values)),
+                  f"{entry['name']}: top-1 (%) per epoch")
+    for e in sorted(set(epochs)):
+        if len(set(epochs)) <= 15 or e % 5 == 0:
+            panel.x_tick(e, str(e))
+    for i, (label, colour, dashed, xs, ys) in enumerate(series):
+        panel.line(xs, ys, colour, dashed=dashed)
+        if len(xs) == 1 and ys[0] is not None:
+            panel.point(xs[0], ys[0], colour, radius=3)
+        y = 50 + 18 * i  # the legend: a solid or dashed stroke and the series' name
+        strokes = [(432, 458)] if not dashed else [(432, 440), (446, 454)]
+        for a, b in strokes:
+            draw.line([(a, y), (b, y)], fill=colour, width=2)
+        draw.text((464, y - 6), label, fill=colour)
+    draw.text((200, 330), "epoch", fill="black")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    img.save(out)
+    return out
+
+
+def plots(results: list[dict], grid: dict, results_dir: Path) -> list[Path]:
+    paths = [plot_deltas(results, grid, results_dir / "delta_vs_factors.png")]
+    for entry in results:
+        slug = re.sub(r"[^A-Za-z0-9=.,_+-]", "_", entry["name"])
+        paths.append(plot_curves(entry, results_dir / "curves" / f"{slug}.png"))
+    return paths
+
+
+# --------------------------------------------------------------------------------------------------
+def _grid(args) -> tuple[str, dict]:
+    if args.grid in GRIDS:
+        return args.grid, GRIDS[args.grid]
+    path = Path(args.grid)
+    if not path.exists():
+        raise SystemExit(f"--grid {args.grid}: not a built-in grid ({sorted(GRIDS)}) nor a JSON file")
+    return path.stem, json.loads(path.read_text())
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--grid", default="tiny-imagenet", help=f"a built-in grid {sorted(GRIDS)} or a JSON file")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where the per-run JSON files go")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run every unfinished run of the grid")
+    r.add_argument("--data", default=None, help="dataset for python -m tinymoe.train --data (default: the grid's)")
+    r.add_argument("--runs-dir", type=Path, default=RUNS, help="where the runs' checkpoints and logs go")
+    r.add_argument("--threads", type=int, default=2)
+    r.add_argument("--only", nargs="*", default=None, help="run only these runs (names as --dry-run lists them)")
+    r.add_argument("--dry-run", action="store_true", help="print the runs and their commands, run nothing")
+    sub.add_parser("table", help="write the results table (Markdown) to RESULTS/table.md and print it")
+    sub.add_parser("plots", help="draw Δ vs each factor and train/val curves per run")
+    args = parser.parse_args(argv)
+    name, grid = _grid(args)
+    if args.cmd == "run":
+        status = run_grid(grid, name, args.data or grid.get("data", "tiny-imagenet"), args.runs_dir, args.results,
+                          args.threads, args.only, args.dry_run)
+        print(f"{len(status['done'])} done, {len(status['skipped'])} finished earlier, {len(status['failed'])} failed")
+        return 1 if status["failed"] else 0
+    results = [r for r in load_results(args.results) if r.get("grid") == name]
+    if args.cmd == "table":
+        text = table(results)
+        args.results.mkdir(parents=True, exist_ok=True)
+        (args.results / "table.md").write_text(text)
+        print(text)
+    else:
+        for path in plots(results, grid, args.results):
+            print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("stopped; run the same command again to continue", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,86 @@
+"""bench/study.py: the grid plan, a real 2-run grid on synthetic data (shared dense stage, one JSON per
+run with its command, skipping finished runs), a failing run, the table and the plots."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+import study  # noqa: E402
+
+
+def test_plan_one_at_a_time_and_full_designs():
+    grid = {"base": {"epochs": 1, "k": 1}, "seeds": [0, 3],
+            "factors": {"k": {"1": {}, "2": {"k": 2}}, "reg": {"none": {}, "a": {"mixup": 0.8}, "b": {"upcycle": True}}},
+            "combinations": [{"k": "2", "reg": "a"}]}
+    runs = study.plan(grid)
+    names = [r.name for r in runs]
+    assert names[:5] == ["base-seed0", "k=2-seed0", "reg=a-seed0", "reg=b-seed0", "k=2,reg=a-seed0"]
+    assert len(runs) == 10 and names[5] == "base-seed3"
+    combo = runs[4]
+    assert combo.flags == {"epochs": 1, "k": 2, "mixup": 0.8} and combo.changed == {"k": "2", "reg": "a"}
+    cmd = study.command(runs[3], "synthetic", Path("r"), threads=1)
+    assert cmd[1:3] == ["-m", "tinymoe.train"] and "--upcycle" in cmd and cmd[cmd.index("--seed") + 1] == "0"
+    assert cmd[cmd.index("--out") + 1] == str(Path("r") / "reg=b-seed0")
+    full = study.plan(grid | {"design": "full", "seeds": [0]})
+    assert len(full) == 6 and full[0].name == "base-seed0"
+    # Dense models are shared across MoE-only factors only.
+    by_name = {r.name: r for r in runs}
+    same = study.dense_signature(by_name["base-seed0"], "tiny-imagenet")
+    assert study.dense_signature(by_name["k=2-seed0"], "tiny-imagenet") == same
+    assert study.dense_signature(by_name["reg=b-seed0"], "tiny-imagenet") == same  # upcycling: MoE only
+    assert study.dense_signature(by_name["reg=a-seed0"], "tiny-imagenet") != same  # mixup trains the dense too
+    assert study.dense_signature(by_name["base-seed3"], "tiny-imagenet") != same
+    with pytest.raises(SystemExit, match="unknown factor or level"):
+        study.plan(grid | {"combinations": [{"k": "3"}]})
+
+
+def test_a_two_run_grid_on_synthetic_data(tmp_path, monkeypatch, capsys):
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    args = ["--grid", "smoke", "--results", str(results)]
+    assert study.main(args + ["run", "--runs-dir", str(runs), "--threads", "1"]) == 0
+    files = sorted(results.glob("*.json"))
+    assert [f.name for f in files] == ["base-seed0.json", "router-input=mean_tokens-seed0.json"]
+    base, other = (json.loads(f.read_text()) for f in files)
+    assert base["command"].split()[1:3] == ["-m", "tinymoe.train"] and "--router-input mean_tokens" in other["command"]
+    assert other["dense_shared_from"] == "base-seed0" and base["dense_shared_from"] is None
+    assert other["dense"]["top1"] == base["dense"]["top1"]  # the same dense model, evaluated again
+    assert other["moe"]["config"]["router_input"] == "mean_tokens"
+    for entry in (base, other):
+        assert entry["delta_top1"] == pytest.approx(entry["moe"]["top1"] - entry["dense"]["top1"])
+        assert len(entry["moe"]["history"]) == 1 and "train_loss" in entry["moe"]["history"][0]
+        assert sum(entry["moe"]["expert_counts"]) == entry["moe"]["images"]
+
+    def no_training(*a, **k):
+        raise AssertionError("a finished run was started again")
+
+    monkeypatch.setattr(subprocess, "run", no_training)
+    capsys.readouterr()
+    assert study.main(args + ["run", "--runs-dir", str(runs), "--threads", "1"]) == 0
+    assert "0 done, 2 finished earlier" in capsys.readouterr().out
+    monkeypatch.undo()
+
+    assert study.main(args + ["table"]) == 0
+    text = (results / "table.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| base-seed0") or line.startswith("| router-input")]
+    assert len(rows) == 2 and f"{base['delta_top1']:+.2f}" in rows[0] and "(dense shared)" in rows[1]
+    assert "optimistic" in text
+    assert study.main(args + ["plots"]) == 0
+    assert Image.open(results / "delta_vs_factors.png").size[0] > 300
+    assert Image.open(results / "curves" / "base-seed0.png").size == (560, 360)
+
+
+def test_a_failing_run_records_nothing_and_is_reported(tmp_path, capsys):
+    grid = {"data": "synthetic", "base": study.GRIDS["smoke"]["base"], "seeds": [0],
+            "factors": {"k": {"4": {"k": 4}}}}  # k=4 > experts=3: the CLI refuses the config
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(grid))
+    code = study.main(["--grid", str(path), "--results", str(tmp_path / "results"), "run", "--runs-dir",
+                       str(tmp_path / "runs"), "--threads", "1"])
+    out = capsys.readouterr().out
+    assert code == 1 and "FAILED (exit code 2)" in out and "k=4" in out
+    assert not list((tmp_path / "results").glob("*.json"))
