@@ -100,9 +100,11 @@ def affine(images: np.ndarray, matrices: np.ndarray, fill=(0, 0, 0)) -> np.ndarr
         [sy] = [d  e] [i - cy] + [cy + f]                         [d, e, f]]   (B, 2, 3)
 
     and interpolates the four pixels around (sx, sy); a neighbour outside the image counts as `fill`.
-    The identity matrix [[1, 0, 0], [0, 1, 0]] gives back the image exactly: every weight but one is 0.
+    The identity matrix [[1, 0, 0], [0, 1, 0]] gives back the image exactly (all fractions are 0).
 
     All images at once: B·H·W source positions, four gathers from the flattened batch, no Python loop.
+    Outside pixels cost no masks: the batch gets a one-pixel frame of `fill`, and neighbour indices are
+    clipped onto that frame, so anything from outside the image reads `fill`.
     """
     _check_images(images, "affine")
     batch, h, w, _ = images.shape
@@ -116,21 +118,23 @@ def affine(images: np.ndarray, matrices: np.ndarray, fill=(0, 0, 0)) -> np.ndarr
     sx = a * u + b * v + (cx + c)  # (B, H, W) source column
     sy = d * u + e * v + (cy + f)  # (B, H, W) source row
     x0, y0 = np.floor(sx), np.floor(sy)
-    fx, fy = (sx - x0).astype(np.float32), (sy - y0).astype(np.float32)
-    x0, y0 = x0.astype(np.int64), y0.astype(np.int64)
+    fx = (sx - x0).astype(np.float32)[..., None]  # (B, H, W, 1) fractions, shared by the 3 channels
+    fy = (sy - y0).astype(np.float32)[..., None]
 
-    flat = images.reshape(batch * h * w, 3)  # rows of one pixel, so one gather fetches all 3 channels
-    base = (np.arange(batch) * (h * w))[:, None, None]  # (B, 1, 1) first row of each image
-    fill = np.asarray(fill, dtype=np.float32)
-    out = np.zeros((batch, h, w, 3), dtype=np.float32)
-    for dy, dx, weight in ((0, 0, (1 - fy) * (1 - fx)), (0, 1, (1 - fy) * fx), (1, 0, fy * (1 - fx)), (1, 1, fy * fx)):
-        yy, xx = y0 + dy, x0 + dx
-        inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)  # (B, H, W)
-        index = base + np.clip(yy, 0, h - 1) * w + np.clip(xx, 0, w - 1)
-        pixels = flat[index].astype(np.float32)  # (B, H, W, 3)
-        pixels[~inside] = fill
-        out += weight[..., None] * pixels
-    return _to_uint8(out)
+    framed = np.empty((batch, h + 2, w + 2, 3), dtype=np.uint8)  # (B, H+2, W+2, 3)
+    framed[...] = np.asarray(fill, dtype=np.uint8)
+    framed[:, 1:-1, 1:-1] = images
+    flat = framed.reshape(-1, 3)  # rows of one pixel, so one gather fetches all 3 channels
+    # Framed index of source column x is x + 1; anything left of 0 or right of W-1 lands on the frame.
+    left, right = (np.clip(x0 + dx, -1, w).astype(np.int64) + 1 for dx in (0, 1))  # (B, H, W)
+    upper, lower = (np.clip(y0 + dy, -1, h).astype(np.int64) + 1 for dy in (0, 1))
+    base = (np.arange(batch) * ((h + 2) * (w + 2)))[:, None, None]  # (B, 1, 1) first pixel of each image
+    top_row, bottom_row = base + upper * (w + 2), base + lower * (w + 2)
+    p00, p01 = flat[top_row + left].astype(np.float32), flat[top_row + right].astype(np.float32)
+    p10, p11 = flat[bottom_row + left].astype(np.float32), flat[bottom_row + right].astype(np.float32)
+    top = p00 + fx * (p01 - p00)  # interpolate along x in the upper and the lower row ...
+    bottom = p10 + fx * (p11 - p10)
+    return _to_uint8(top + fy * (bottom - top))  # ... then along y
 
 
 def _identity_matrices(batch: int) -> np.ndarray:
