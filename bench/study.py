@@ -295,7 +295,8 @@ def run_grid(grid: dict, grid_name: str, data: str, runs_dir: Path, results_dir:
             raise KeyboardInterrupt
         if code != 0 or not (run_dir / "results.json").exists():
             tail = (run_dir / "study.log").read_text().splitlines()[-5:]
-            log(f"[{run.name}] FAILED (exit code {code}); last lines of {run_dir / 'study.log'}:\n  " + "\n  ".join(tail))
+            log(f"[{run.name}] FAILED (exit code {code}); last lines of {run_dir / 'study.log'}:\n  "
+                + "\n  ".join(tail))
             status["failed"].append(run.name)
             continue
         path = record(run, grid_name, data, cmd, run_dir, wall, shared_from, results_dir)

@@ -295,7 +295,8 @@ def test_teacher_forcing_routes_every_training_image_to_its_superclass(k):
         np.testing.assert_array_equal(out.routing.experts[:, 1], others)
     np.testing.assert_array_equal(out.routing.counts, np.bincount(out.routing.experts.ravel(), minlength=3))
     model.eval()  # the router decides in evaluation, labels or not
-    np.testing.assert_array_equal(model(x, labels=labels).routing.experts, top_k(model(x).routing.router_logits.data, k))
+    routed = model(x, labels=labels).routing
+    np.testing.assert_array_equal(routed.experts, top_k(routed.router_logits.data, k))
 
 
 def test_teacher_forcing_needs_labels_a_map_and_superclass_routing():

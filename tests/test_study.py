@@ -15,7 +15,8 @@ import study  # noqa: E402
 
 def test_plan_one_at_a_time_and_full_designs():
     grid = {"base": {"epochs": 1, "k": 1}, "seeds": [0, 3],
-            "factors": {"k": {"1": {}, "2": {"k": 2}}, "reg": {"none": {}, "a": {"mixup": 0.8}, "b": {"upcycle": True}}},
+            "factors": {"k": {"1": {}, "2": {"k": 2}},
+                        "reg": {"none": {}, "a": {"mixup": 0.8}, "b": {"upcycle": True}}},
             "combinations": [{"k": "2", "reg": "a"}]}
     runs = study.plan(grid)
     names = [r.name for r in runs]

@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("regularisation (all off by default; DeiT's values in brackets)")
     g.add_argument("--randaugment", type=int, default=0, metavar="N", help="RandAugment ops per image [2]")
-    g.add_argument("--randaugment-magnitude", type=float, default=9.0, metavar="M", help="RandAugment magnitude 0..10 [9]")
+    g.add_argument("--randaugment-magnitude", type=float, default=9.0, metavar="M",
+                   help="RandAugment magnitude 0..10 [9]")
     g.add_argument("--reprob", "--random-erase", dest="random_erase", type=float, default=0.0,
                    help="random-erasing probability per image [0.25]")
     g.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA", help="mixup Beta(alpha, alpha) [0.8]")

@@ -320,7 +320,9 @@ def erase(x: np.ndarray, boxes: np.ndarray, noise_rng: np.random.Generator | Non
     batch, h, w, c = x.shape
     boxes = np.asarray(boxes)
     if boxes.shape != (batch, 4) or boxes.dtype.kind not in "iu":
-        raise ValueError(f"erase: boxes must be integers (B, 4) = ({batch}, 4) (top, left, height, width), got {boxes.shape}")
+        raise ValueError(
+            f"erase: boxes must be integers (B, 4) = ({batch}, 4) (top, left, height, width), got {boxes.shape}"
+        )
     top, left, bh, bw = boxes.T
     if np.any((top < 0) | (left < 0) | (bh < 0) | (bw < 0) | (top + bh > h) | (left + bw > w)):
         raise ValueError(f"erase: every box must lie inside the {h}x{w} image")
@@ -494,7 +496,9 @@ class Augmentation:
         if not isinstance(self.randaugment_ops, int) or self.randaugment_ops < 0:
             raise ValueError(f"Augmentation: randaugment_ops must be a whole number >= 0, got {self.randaugment_ops!r}")
         if not 0.0 <= self.randaugment_magnitude <= MAX_MAGNITUDE:
-            raise ValueError(f"Augmentation: randaugment_magnitude must be in [0, 10], got {self.randaugment_magnitude}")
+            raise ValueError(
+                f"Augmentation: randaugment_magnitude must be in [0, 10], got {self.randaugment_magnitude}"
+            )
         for name in ("randaugment_prob", "erase_prob", "mix_prob", "switch_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"Augmentation: {name} must be in [0, 1], got {getattr(self, name)}")
@@ -502,7 +506,9 @@ class Augmentation:
             raise ValueError(f"Augmentation: mixup_alpha and cutmix_alpha must be >= 0 (0 = off), got "
                              f"{self.mixup_alpha} and {self.cutmix_alpha}")
         if self.mixes and (self.num_classes is None or self.num_classes < 1):
-            raise ValueError("Augmentation: mixup/cutmix make soft targets and need num_classes (the number of classes)")
+            raise ValueError(
+                "Augmentation: mixup/cutmix make soft targets and need num_classes (the number of classes)"
+            )
 
     @property
     def mixes(self) -> bool:

@@ -56,7 +56,9 @@ def _labels(labels, batch: int, num_classes: int) -> np.ndarray:
     labels = np.asarray(labels.data if isinstance(labels, Tensor) else labels)
     if labels.dtype.kind == "f":  # soft targets (B, C): cross_entropy checks their shape and values
         if labels.shape != (batch, num_classes):
-            raise ValueError(f"soft targets must have shape (batch, classes) = ({batch}, {num_classes}), got {labels.shape}")
+            raise ValueError(
+                f"soft targets must have shape (batch, classes) = ({batch}, {num_classes}), got {labels.shape}"
+            )
         return labels
     if labels.shape != (batch,) or labels.dtype.kind not in "iu":
         raise ValueError(f"labels must be {batch} integer class indices (one per image), got shape {labels.shape} "

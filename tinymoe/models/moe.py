@@ -124,7 +124,9 @@ class ExpertMlps(Module):
         h = ops.gelu(expert_linear(xs, self.fc1_weight, self.fc1_bias, dispatch.group_sizes))  # (M, ..., hidden)
         if hidden_mask is not None:
             if hidden_mask.shape != h.shape:
-                raise ValueError(f"ExpertMlps: hidden_mask has shape {hidden_mask.shape}, the hidden activations {h.shape}")
+                raise ValueError(
+                    f"ExpertMlps: hidden_mask has shape {hidden_mask.shape}, the hidden activations {h.shape}"
+                )
             h = h * hidden_mask
         y = expert_linear(h, self.fc2_weight, self.fc2_bias, dispatch.group_sizes)  # (M, ..., D)
         g = ops.take(gates, dispatch.choice, axis=0)  # (M,): the gate of each dispatched row

@@ -236,8 +236,9 @@ class VisionTransformer(Module):
             return None
         if labels is None:
             raise ValueError(
-                "teacher_forcing routes each training image by its label's superclass: call model(images, labels=labels) "
-                "(int class indices), or switch to eval mode (model.eval()) where the router decides"
+                "teacher_forcing routes each training image by its label's superclass: call "
+                "model(images, labels=labels) (int class indices), or switch to eval mode (model.eval()) where "
+                "the router decides"
             )
         if self.class_to_group is None:
             raise ValueError("teacher_forcing needs the class -> superclass map: call model.set_class_to_group(groups)")
