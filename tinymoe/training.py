@@ -8,15 +8,17 @@ What a run directory holds (`out_dir`):
 
     train_config.json   the TrainConfig used (a resumed run must use the same one)
     last.npz            checkpoint at the end of every epoch (and on Ctrl-C): model, optimizer moments,
-                        epoch, position inside the epoch, router-noise RNG state
+                        epoch, position inside the epoch, the model's RNG state (router noise,
+                        stochastic depth and expert dropout masks)
     model.npz           the final model, written when training completes (the stage's artefact)
     metrics.jsonl       one JSON object per line: every `log_every` steps and every evaluation
     summary.csv         one row per epoch: epoch, train_loss, eval_loss, eval_top1, eval_top5, lr
 
-Reproducibility: the batches of epoch e are a pure function of (seed, e) (see BatchLoader), the router
-noise comes from a generator whose state is checkpointed, and AdamW's moments are saved exactly, so a
-run stopped at any step and resumed gives the same parameters as one that never stopped (on the same
-machine with the same thread count: BLAS may sum in a different order with other thread counts).
+Reproducibility: the batches of epoch e are a pure function of (seed, e) (see BatchLoader), the model's
+random draws (router noise, drop-path and dropout masks) come from a generator whose state is
+checkpointed, and AdamW's moments are saved exactly, so a run stopped at any step and resumed gives
+the same parameters as one that never stopped (on the same machine with the same thread count: BLAS
+may sum in a different order with other thread counts).
 
 Regularisation (all off by default): RandAugment, random erasing and mixup/cutmix are data-side
 settings of TrainConfig (applied by BatchLoader, see tinymoe.data.augment); stochastic depth and expert
