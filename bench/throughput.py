@@ -302,7 +302,7 @@ def parse_args(argv):
     p.add_argument("--experts", type=int, default=10)
     p.add_argument("--k", type=int, default=1)
     p.add_argument("--moe-layers", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=2, help="alternating tinymoe/torch subprocess rounds")
+    p.add_argument("--rounds", type=int, default=3, help="alternating tinymoe/torch subprocess rounds")
     p.add_argument("--steps", type=int, default=5, help="timed steps per round (after warm-up)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
@@ -330,6 +330,7 @@ def main(argv=None):
     if not args.no_save:
         RESULTS.mkdir(parents=True, exist_ok=True)
         suffix = "" if args.variant == "model" and args.backend == "numba" else f"_{args.variant}_{args.backend}"
+        suffix += "" if args.threads == (os.cpu_count() or 1) else f"_threads{args.threads}"
         path = RESULTS / f"throughput_{args.model}_{args.layers}x{args.dim}{suffix}.json"
         path.write_text(json.dumps(result, indent=2) + "\n")
     if args.json:

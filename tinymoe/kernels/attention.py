@@ -57,7 +57,7 @@ def attention_backward(
 
 from numba import njit, prange  # noqa: E402
 
-from tinymoe.kernels.vecmath import exp  # noqa: E402
+from tinymoe.kernels.vecmath import exp, sum_f64  # noqa: E402
 
 
 @njit(cache=True, fastmath=False, nogil=True, parallel=True)
@@ -71,9 +71,7 @@ def _scaled_softmax_rows_(scores, scale):
         m = m * scale  # the max of scale * s, since scale > 0
         for j in range(s.shape[0]):  # a loop of its own, so the compiler vectorizes exp
             s[j] = exp(s[j] * scale - m)
-        total = 0.0
-        for j in range(s.shape[0]):
-            total += s[j]
+        total = sum_f64(s)  # float64, in 8 lanes
         inv = s.dtype.type(1.0 / total)
         for j in range(s.shape[0]):
             s[j] *= inv

@@ -119,7 +119,7 @@ import types  # noqa: E402
 
 from numba import njit, prange  # noqa: E402
 
-from tinymoe.kernels.vecmath import exp  # noqa: E402
+from tinymoe.kernels.vecmath import exp, sum_f64  # noqa: E402
 
 
 @njit(cache=True, fastmath=False, nogil=True)
@@ -130,9 +130,7 @@ def _softmax_row(x, out):
         m = max(m, x[j])
     for j in range(x.shape[0]):  # a loop of its own, so the compiler vectorizes exp
         out[j] = exp(x[j] - m)
-    total = 0.0  # float64: the one accumulation in the row
-    for j in range(x.shape[0]):
-        total += out[j]
+    total = sum_f64(out)  # float64: the one accumulation in the row
     inv = x.dtype.type(1.0 / total)
     for j in range(x.shape[0]):
         out[j] *= inv
@@ -146,9 +144,7 @@ def _log_softmax_row(x, out):
         m = max(m, x[j])
     for j in range(x.shape[0]):  # out holds exp(x - m) for a moment; a loop of its own vectorizes
         out[j] = exp(x[j] - m)
-    total = 0.0
-    for j in range(x.shape[0]):
-        total += out[j]
+    total = sum_f64(out)
     shift = m + x.dtype.type(np.log(total))
     for j in range(x.shape[0]):
         out[j] = x[j] - shift
@@ -176,10 +172,7 @@ def _log_softmax_rows(x, out):
 
 def _log_softmax_backward_rows(log_probs, grad_out, dx):
     for r in prange(log_probs.shape[0]):
-        total = 0.0
-        for j in range(log_probs.shape[1]):
-            total += grad_out[r, j]
-        t = log_probs.dtype.type(total)
+        t = log_probs.dtype.type(sum_f64(grad_out[r]))
         for j in range(log_probs.shape[1]):
             dx[r, j] = grad_out[r, j] - exp(log_probs[r, j]) * t  # g_j - p_j sum_i g_i
 
@@ -191,9 +184,7 @@ def _cross_entropy_labels_rows(logits, labels, keep, spread, loss, log_probs):
     """Integer labels: loss_b = -keep log p_{b,y_b} - spread sum_c log p_bc."""
     for r in range(logits.shape[0]):
         _log_softmax_row(logits[r], log_probs[r])
-        row_sum = 0.0
-        for j in range(logits.shape[1]):
-            row_sum += log_probs[r, j]
+        row_sum = sum_f64(log_probs[r])
         loss[r] = -keep * log_probs[r, labels[r]] - spread * row_sum
 
 
@@ -235,6 +226,8 @@ _log_softmax_backward_rows = _twins(_log_softmax_backward_rows)
 def _last_axis_rows(x: np.ndarray, axis: int):
     """x with `axis` moved last and made contiguous, as (rows, n); and how to undo it on a result."""
     axis = axis % x.ndim
+    if axis == x.ndim - 1 and x.flags.c_contiguous:  # the common case: a view, nothing to undo but the shape
+        return x.reshape(-1, x.shape[-1]), lambda result_rows: result_rows.reshape(x.shape)
     moved = np.ascontiguousarray(np.moveaxis(x, axis, -1))
     rows = moved.reshape(-1, moved.shape[-1]) if moved.ndim else moved.reshape(1, 1)
 
