@@ -87,20 +87,40 @@ def layer_norm_backward(
 import numba  # noqa: E402
 from numba import njit, prange  # noqa: E402
 
+from tinymoe.kernels.vecmath import sum_f64  # noqa: E402
+
+
+@njit(cache=True, fastmath=False, nogil=True)
+def _sum_squared_deviations(a, mu):
+    """sum_j (a[j] - mu)^2 in float64, in 8 independent lanes (see vecmath.sum_f64 for why)."""
+    n = a.shape[0]
+    body = n - n % 8
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
+    for j in range(0, body, 8):
+        d0, d1, d2, d3 = a[j] - mu, a[j + 1] - mu, a[j + 2] - mu, a[j + 3] - mu
+        d4, d5, d6, d7 = a[j + 4] - mu, a[j + 5] - mu, a[j + 6] - mu, a[j + 7] - mu
+        s0 += d0 * d0
+        s1 += d1 * d1
+        s2 += d2 * d2
+        s3 += d3 * d3
+        s4 += d4 * d4
+        s5 += d5 * d5
+        s6 += d6 * d6
+        s7 += d7 * d7
+    total = ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+    for j in range(body, n):
+        d = a[j] - mu
+        total += d * d
+    return total
+
 
 @njit(cache=True, fastmath=False, nogil=True, parallel=True)
 def _layer_norm_forward_rows(x, weight, bias, eps, y, mean, rstd):
     """x (M, D) -> y (M, D), mean (M,), rstd (M,)."""
     rows, dim = x.shape
     for r in prange(rows):
-        total = 0.0
-        for j in range(dim):
-            total += x[r, j]
-        mu = total / dim
-        sq = 0.0
-        for j in range(dim):
-            d = x[r, j] - mu
-            sq += d * d
+        mu = sum_f64(x[r]) / dim
+        sq = _sum_squared_deviations(x[r], mu)
         mean[r] = mu  # stored in x's dtype, then read back, so y uses the same rounded values as
         rstd[r] = 1.0 / np.sqrt(sq / dim + eps)  # the reference (which computes everything in x's dtype)
         m = mean[r]

@@ -23,6 +23,11 @@ The method is the textbook one (range reduction, a short polynomial, then a powe
   NumPy: exp(-104) is under half the smallest subnormal), above 88.73 it is inf. NaN stays NaN.
 
 float64 (used for gradient checks, where exactness matters and speed does not) keeps `np.exp`.
+
+Developer's note on Numba's cache (cache=True): a cached kernel is recompiled when ITS OWN source file
+changes, not when a function it calls from another file does. After editing this file, delete the
+cached kernels (`find tinymoe -name "*.nb[ic]" -delete`), or the kernels of activation.py, norm.py,
+softmax.py, attention.py and expert.py keep running the old exp and sum_f64.
 Under NUMBA_DISABLE_JIT=1 `exp` is plain `np.exp`.
 """
 
