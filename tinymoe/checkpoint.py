@@ -26,8 +26,6 @@ shape) and raises `CheckpointError` with the path and the reason, never a traceb
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -36,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from tinymoe.atomic import atomic_write
 from tinymoe.models.config import ConfigError, ModelConfig
 
 FORMAT = "tinymoe-checkpoint"
@@ -158,27 +157,9 @@ def save_checkpoint(path, model, *, state=None, metadata: dict | None = None) ->
 
 
 def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """np.savez into a temporary file beside `path`, fsync, then rename over `path` (atomic on POSIX)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)  # a file object, so NumPy does not append ".npz" to the name
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
-    try:  # make the rename itself durable; not possible on every platform/file system
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
+    """np.savez into a temporary file beside `path`, then renamed over it (see tinymoe.atomic)."""
+    with atomic_write(path, "wb") as f:
+        np.savez(f, **arrays)  # a file object, so NumPy does not append ".npz" to the name
 
 
 def _tinymoe_version() -> str:

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from tinymoe import superclasses as sc
+from tinymoe.atomic import atomic_write_text
 from tinymoe.checkpoint import load_model
 from tinymoe.data import (
     DatasetNotFoundError,
@@ -277,9 +278,7 @@ def run_pipeline(splits: Splits, opts: PipelineOptions, log=print) -> dict:
         results[name] = entry
     if dense is not None and moe is not None:
         results["delta_top1"] = results["moe"]["top1"] - results["dense"]["top1"]
-    tmp = opts.out / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    tmp.replace(opts.out / "results.json")
+    atomic_write_text(opts.out / "results.json", json.dumps(results, indent=2) + "\n")
     log(format_results(results))
     return results
 

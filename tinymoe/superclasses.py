@@ -34,12 +34,13 @@ import argparse
 import json
 import operator
 import os
-import secrets
 import zipfile
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
+
+from tinymoe.atomic import atomic_write_text
 
 __all__ = [
     "confusion_matrix",
@@ -600,24 +601,6 @@ def _check_superclass_content(assignment: np.ndarray, wnids, names, where: str) 
         )
 
 
-def _atomic_write_text(path, text: str) -> None:
-    """Write `text` to `path` so readers see the old file or the new one, never a half-written one:
-    write a temporary file beside it, flush it to disk, then rename it over `path` (atomic on POSIX
-    and Windows for a same-directory rename)."""
-    path = os.fspath(path)
-    temporary = f"{path}.{secrets.token_hex(6)}.tmp"
-    try:
-        with open(temporary, "x", encoding="utf-8") as handle:  # "x": never clobber another file
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-
-
 def save_superclasses(
     path, assignment, wnids: Sequence[str], names: Sequence[str], meta: dict | None = None
 ) -> None:
@@ -653,7 +636,7 @@ def save_superclasses(
         raise TypeError(
             f"{where}: meta must be JSON-serialisable (numbers, strings, lists, dicts): {error}"
         ) from None
-    _atomic_write_text(path, text)
+    atomic_write_text(path, text)
 
 
 def load_superclasses(path) -> Superclasses:

@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from tinymoe.atomic import atomic_write
 from tinymoe.checkpoint import CheckpointError, load_checkpoint, load_into, save_checkpoint
 from tinymoe.data.augment import Augmentation, dominant_labels
 from tinymoe.data.batches import IMAGENET_MEAN, IMAGENET_STD, BatchLoader
@@ -276,12 +277,10 @@ class Trainer:
 
     def _write_summary_csv(self) -> None:
         columns = ["epoch", "train_loss", "eval_loss", "eval_top1", "eval_top5", "lr"]
-        tmp = self.out_dir / "summary.csv.tmp"
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        with atomic_write(self.out_dir / "summary.csv", "w") as f:
+            writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
             writer.writeheader()
             writer.writerows(self.history)
-        tmp.replace(self.out_dir / "summary.csv")
 
     def _evaluate(self) -> dict | None:
         d = self.data
