@@ -267,3 +267,16 @@ def test_superclasses_cli_needs_the_held_out_split_of_a_foreign_checkpoint(tmp_p
     done = subprocess.run([sys.executable, "-m", "tinymoe.superclasses", "--checkpoint", str(path), "--experts", "3",
                            "--data", "synthetic"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and "--holdout-fraction" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_command_line_tools_default_to_the_numba_kernels(monkeypatch):
+    from tinymoe.train import apply_threads
+
+    monkeypatch.delenv("TINYMOE_KERNELS", raising=False)
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        monkeypatch.setenv(var, os.environ.get(var, "1"))  # restored after the test
+    apply_threads(1)
+    assert os.environ["TINYMOE_KERNELS"] == "numba" and os.environ["NUMBA_NUM_THREADS"] == "1"
+    monkeypatch.setenv("TINYMOE_KERNELS", "reference")
+    apply_threads(1)
+    assert os.environ["TINYMOE_KERNELS"] == "reference"  # an explicit choice wins

@@ -103,7 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def apply_threads(threads: int | None) -> int:
-    """Set the thread counts of BLAS and Numba through their environment variables (before they load)."""
+    """Set the thread counts of BLAS and Numba through their environment variables (before they load),
+    and pick the Numba kernels unless TINYMOE_KERNELS says otherwise: the command-line tools train and
+    evaluate, where the measured-faster kernels are what a user wants (bench/results/throughput_*.json);
+    the library itself defaults to the NumPy references (see tinymoe.kernels.backend)."""
+    os.environ.setdefault("TINYMOE_KERNELS", "numba")
     n = threads or os.cpu_count() or 1
     if n < 1:
         raise SystemExit(f"error: --threads must be >= 1, got {n}")
