@@ -194,26 +194,6 @@ def build_cached(
     return loaded
 
 
-def cached_arrays(
-    directory: Path,
-    name: str,
-    fingerprint: dict,
-    specs: ArraySpecs,
-    fill: Callable[[dict[str, np.ndarray]], None],
-    extra: dict | None = None,
-) -> dict[str, np.ndarray]:
-    """`load_cached` if the entry is valid, else `build_cached`."""
-    arrays = load_cached(directory, name, fingerprint)
-    if arrays is not None:
-        for array, (shape, dtype) in specs.items():
-            if arrays[array].shape != tuple(shape) or arrays[array].dtype != np.dtype(dtype):
-                arrays = None  # same source but a different expected layout: rebuild
-                break
-    if arrays is None:
-        arrays = build_cached(directory, name, fingerprint, specs, fill, extra)
-    return arrays
-
-
 def in_memory(specs: ArraySpecs, fill: Callable[[dict[str, np.ndarray]], None]) -> dict[str, np.ndarray]:
     """Allocate `specs` as ordinary arrays and let `fill` write them (the `cache=False` path)."""
     arrays = {array: np.empty(shape, dtype=dtype) for array, (shape, dtype) in specs.items()}
