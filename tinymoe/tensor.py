@@ -23,6 +23,7 @@ A tiny example:
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -33,24 +34,25 @@ BackwardFn = Callable[[np.ndarray], Sequence["np.ndarray | None"]]
 _FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 
 # Whether ops record the graph. `no_grad()` turns it off, e.g. for evaluation, where recording would
-# only keep activations alive for a backward pass that never comes.
-_grad_enabled = True
+# only keep activations alive for a backward pass that never comes. The switch is per thread (as in
+# PyTorch): tinymoe.parallel runs one batch's shards on several threads, and one thread leaving
+# `no_grad()` must not turn recording back on (or off) for another that is still inside it.
+_mode = threading.local()
+
+
+def is_grad_enabled() -> bool:
+    return getattr(_mode, "grad_enabled", True)  # a new thread starts with recording on
 
 
 @contextlib.contextmanager
 def no_grad() -> Iterator[None]:
-    """Context manager: ops run inside it build no graph (outputs have requires_grad=False)."""
-    global _grad_enabled
-    previous = _grad_enabled
-    _grad_enabled = False
+    """Context manager: ops run inside it, on this thread, build no graph (outputs have requires_grad=False)."""
+    previous = is_grad_enabled()
+    _mode.grad_enabled = False
     try:
         yield
     finally:
-        _grad_enabled = previous
-
-
-def is_grad_enabled() -> bool:
-    return _grad_enabled
+        _mode.grad_enabled = previous
 
 
 def unbroadcast(grad: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -128,7 +130,7 @@ class Tensor:
         a gradient, nothing is recorded and the closure (with the arrays it saved) is dropped at once.
         """
         out = cls(data)
-        if _grad_enabled and any(p.requires_grad for p in parents):
+        if is_grad_enabled() and any(p.requires_grad for p in parents):
             out.requires_grad = True
             out._parents = tuple(parents)
             out._backward = backward
