@@ -75,7 +75,7 @@ def test_same_seed_same_numbers_and_another_seed_differs(tmp_path, data):
 
 def test_request_stop_saves_the_position_and_raises(tmp_path, data):
     trainer = _trainer(tmp_path, data)
-    step = trainer._train_step
+    step = trainer.train_step
 
     def step_then_stop(*args):
         result = step(*args)
@@ -83,7 +83,7 @@ def test_request_stop_saves_the_position_and_raises(tmp_path, data):
             trainer.request_stop()  # what the Ctrl-C handler does
         return result
 
-    trainer._train_step = step_then_stop
+    trainer.train_step = step_then_stop
     with pytest.raises(TrainingInterrupted, match="--resume") as stop:
         trainer.run()
     state = load_checkpoint(stop.value.checkpoint).state
@@ -104,7 +104,7 @@ def test_resuming_with_another_recipe_is_refused(tmp_path, data):
 
 def test_nan_loss_stops_with_the_step_and_the_last_checkpoint(tmp_path, data):
     trainer = _trainer(tmp_path, data, epochs=2)
-    step = trainer._train_step
+    step = trainer.train_step
 
     def poison_after_first_epoch(x, y, lr):
         if trainer.step == 9:  # epoch 1 (9 steps) is done and checkpointed
@@ -112,7 +112,7 @@ def test_nan_loss_stops_with_the_step_and_the_last_checkpoint(tmp_path, data):
             x[0, 0, 0, 0] = np.nan
         return step(x, y, lr)
 
-    trainer._train_step = poison_after_first_epoch
+    trainer.train_step = poison_after_first_epoch
     with pytest.raises(TrainingDiverged, match=r"at step 10: .*last good checkpoint is .*last\.npz"):
         trainer.run()
     assert load_checkpoint(tmp_path / "last.npz").state["step"] == 9  # the good checkpoint is untouched

@@ -22,13 +22,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=None)
     p.add_argument("-b", "--batch-size", type=int, default=256)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    p.add_argument("--threads", type=int, default=None, help="threads for BLAS and Numba (default: all cores)")
+    p.add_argument("--threads", type=int, default=None, help="cores to use (default: all): each batch is split over this many threads")
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    apply_threads(args.threads)
+    _, shards = apply_threads(args.threads)
 
     from tinymoe.checkpoint import CheckpointError, load_model
     from tinymoe.data import DatasetFormatError, DatasetNotFoundError, ImageDecodeError
@@ -48,7 +48,7 @@ def main(argv=None) -> int:
         images, labels = (
             (splits.val_images, splits.val_labels) if args.split == "val" else (splits.train_images, splits.train_labels)
         )
-        result = evaluate(model, images, labels, batch_size=args.batch_size).as_dict()
+        result = evaluate(model, images, labels, batch_size=args.batch_size, shards=shards).as_dict()
     except (CheckpointError, DatasetFormatError, DatasetNotFoundError, ImageDecodeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

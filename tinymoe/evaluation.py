@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from tinymoe.data.batches import IMAGENET_MEAN, IMAGENET_STD, BatchLoader
+from tinymoe.parallel import ShardPool
 from tinymoe.tensor import no_grad
 
 
@@ -36,16 +37,29 @@ class EvalResult:
         return asdict(self)
 
 
-def predict(model, images: np.ndarray, batch_size: int = 256, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Predictions:
-    """Run `model` in eval mode over uint8 images (N, H, W, 3); restores the model's previous mode."""
+def predict(
+    model, images: np.ndarray, batch_size: int = 256, mean=IMAGENET_MEAN, std=IMAGENET_STD, shards: int = 1
+) -> Predictions:
+    """Run `model` in eval mode over uint8 images (N, H, W, 3); restores the model's previous mode.
+
+    `shards` > 1 splits every batch into that many slices run on as many threads (see tinymoe.parallel):
+    an eval-mode forward pass changes nothing in the model, so the threads share it as it is."""
     loader = BatchLoader(images, np.zeros(images.shape[0], np.int64), batch_size, shuffle=False, mean=mean, std=std)
+    pool = ShardPool(shards)
     was_training = model.training
     model.eval()
     logits, experts, counts = [], [], None
+
+    def run(x):
+        def shard(_index, start, stop):
+            with no_grad():  # per thread: each shard thread must switch recording off itself
+                return model(x[start:stop])
+
+        return pool.run(shard, x.shape[0])
+
     try:
-        with no_grad():
-            for x, _ in loader:
-                out = model(x)
+        for x, _ in loader:
+            for out in run(x):  # the shards' outputs, in batch order
                 logits.append(out.logits.data)
                 if out.routing is not None:
                     experts.append(out.routing.experts)
@@ -54,6 +68,7 @@ def predict(model, images: np.ndarray, batch_size: int = 256, mean=IMAGENET_MEAN
                     counts = batch_counts if counts is None else counts + batch_counts
     finally:
         model.train(was_training)
+        pool.close()
     num_classes = model.config.num_classes
     return Predictions(
         logits=np.concatenate(logits) if logits else np.zeros((0, num_classes), np.float32),
@@ -82,13 +97,14 @@ def cross_entropy_np(logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 def evaluate(
-    model, images: np.ndarray, labels: np.ndarray, batch_size: int = 256, mean=IMAGENET_MEAN, std=IMAGENET_STD
+    model, images: np.ndarray, labels: np.ndarray, batch_size: int = 256, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+    shards: int = 1,
 ) -> EvalResult:
     """Accuracy, loss and routing statistics of `model` on (images uint8 (N, H, W, 3), labels (N,))."""
     labels = np.asarray(labels, dtype=np.int64)
     if labels.shape != (images.shape[0],):
         raise ValueError(f"evaluate: {images.shape[0]} images but labels of shape {labels.shape}")
-    pred = predict(model, images, batch_size, mean, std)
+    pred = predict(model, images, batch_size, mean, std, shards=shards)
     top1, top5 = accuracy_from_logits(pred.logits, labels)
     router_acc = None
     groups = getattr(model, "class_to_group", None)

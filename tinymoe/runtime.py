@@ -64,13 +64,17 @@ def tune_malloc() -> bool:
     return bool(ok)
 
 
-def recommended_environment(threads: int | None = None) -> dict[str, str]:
-    """Environment variables for a fast tinymoe process on this machine (set them before Python starts)."""
+def recommended_environment(threads: int | None = None, shards: int = 1) -> dict[str, str]:
+    """Environment variables for a fast tinymoe process on this machine (set them before Python starts).
+
+    `shards` > 1: the batch is split over that many threads (tinymoe.parallel), each running BLAS on one
+    thread, so BLAS gets 1 thread; otherwise every pool gets `threads`."""
     threads = threads or os.cpu_count() or 1
+    blas = 1 if shards > 1 else threads
     return {
-        "OPENBLAS_NUM_THREADS": str(threads),
-        "OMP_NUM_THREADS": str(threads),
-        "MKL_NUM_THREADS": str(threads),
+        "OPENBLAS_NUM_THREADS": str(blas),
+        "OMP_NUM_THREADS": str(blas),
+        "MKL_NUM_THREADS": str(blas),
         "NUMBA_NUM_THREADS": str(threads),
         "OPENBLAS_THREAD_TIMEOUT": "1",
         "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD),

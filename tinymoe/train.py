@@ -98,28 +98,39 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output directory (default: runs/<layers>x<dim>-<data>)")
     g.add_argument("--resume", action="store_true", help="continue interrupted stages from their last checkpoint")
     g.add_argument("--threads", type=int, default=None,
-                   help="threads for NumPy's BLAS and Numba (default: all cores)")
+                   help="cores to use (default: all): each batch is split over this many threads (data "
+                        "parallelism, see tinymoe.parallel); token routing uses multi-threaded BLAS/Numba instead")
     return p
 
 
-def apply_threads(threads: int | None) -> int:
+def apply_threads(threads: int | None, shard: bool = True) -> tuple[int, int]:
     """Set the thread counts of BLAS and Numba through their environment variables (before they load),
     and pick the Numba kernels unless TINYMOE_KERNELS says otherwise: the command-line tools train and
     evaluate, where the measured-faster kernels are what a user wants (bench/results/throughput_*.json);
-    the library itself defaults to the NumPy references (see tinymoe.kernels.backend)."""
+    the library itself defaults to the NumPy references (see tinymoe.kernels.backend).
+
+    Returns (threads, shards). With `shard` (the default), the cores are used by data parallelism:
+    every batch is split into `threads` shards run on as many Python threads (tinymoe.parallel), each
+    with single-threaded BLAS and Numba, so BLAS gets 1 thread here and Numba a pool of `threads` (what
+    the unsharded parts use). Without `shard` (token routing, whose loss does not split), each op is
+    multi-threaded instead: BLAS and Numba both get `threads`. Either way no more threads run than cores.
+    """
     os.environ.setdefault("TINYMOE_KERNELS", "numba")
     n = threads or os.cpu_count() or 1
     if n < 1:
         raise SystemExit(f"error: --threads must be >= 1, got {n}")
     if "numpy" in sys.modules:
         print("warning: NumPy was already imported; --threads may not apply to its BLAS", file=sys.stderr)
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        os.environ[var] = str(n)
-    return n
+    shards = n if shard else 1
+    blas = 1 if shards > 1 else n
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(blas)
+    os.environ["NUMBA_NUM_THREADS"] = str(n)
+    return n, shards
 
 
-def train_config(args):
-    """The TrainConfig the flags describe."""
+def train_config(args, shards: int = 1):
+    """The TrainConfig the flags describe (`shards`: from apply_threads)."""
     from tinymoe.training import TrainConfig
 
     return TrainConfig(
@@ -129,7 +140,7 @@ def train_config(args):
         eval_every=args.eval_every, log_every=args.log_every, max_steps=args.max_steps,
         randaugment_ops=args.randaugment, randaugment_magnitude=args.randaugment_magnitude,
         random_erase=args.random_erase, mixup_alpha=args.mixup, cutmix_alpha=args.cutmix,
-        mix_prob=args.mixup_prob, mix_switch_prob=args.mixup_switch_prob,
+        mix_prob=args.mixup_prob, mix_switch_prob=args.mixup_switch_prob, shards=shards,
     )
 
 
@@ -147,7 +158,7 @@ def model_config(args, num_classes: int, image_size: int):
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    apply_threads(args.threads)
+    _, shards = apply_threads(args.threads, shard=args.routing != "token")
 
     # Heavy imports only now (see the module docstring).
     from tinymoe.checkpoint import CheckpointError
@@ -161,7 +172,7 @@ def main(argv=None) -> int:
                 ImageDecodeError, SuperclassFileError, TrainingDiverged, FileExistsError, FileNotFoundError)
     try:
         try:
-            train = train_config(args)
+            train = train_config(args, shards)
         except ValueError as err:  # a flag out of range: say which, without a traceback
             raise ConfigError(str(err)) from None
         splits = load_splits(args.data, experts=args.experts, download=args.download, cache_dir=args.cache_dir,

@@ -26,6 +26,11 @@ dropout are ModelConfig fields (their masks come from the checkpointed generator
 model as `rng=`). Under mixup/cutmix the batches carry soft targets; the loss uses them (label
 smoothing on top), and the logged training accuracy compares with each image's dominant label.
 
+Cores: `TrainConfig.shards` > 1 splits every batch over that many threads, each shard on a replica of
+the model that shares its parameters (tinymoe.parallel); the gradient is the whole batch's up to
+float rounding, and each shard draws its random masks from its own generator, seeded from the run's,
+so a run is reproducible for a given number of shards (and resumable only with the same number).
+
 Model selection: the final model is the one after the last epoch. Nothing is chosen by validation
 accuracy, so the validation set stays an honest estimate (evaluations on it are reported only).
 """
@@ -51,6 +56,8 @@ from tinymoe.data.augment import Augmentation, dominant_labels
 from tinymoe.data.batches import IMAGENET_MEAN, IMAGENET_STD, BatchLoader
 from tinymoe.evaluation import evaluate
 from tinymoe.optim import AdamW, warmup_cosine_lr
+from tinymoe.parallel import ShardPool, add_gradients, check_shardable, replicate, shard_bounds, sync_replicas
+from tinymoe.tensor import Tensor
 
 
 @dataclass
@@ -71,6 +78,7 @@ class TrainConfig:
     log_every: int = 50  # steps between metric lines
     max_steps: int | None = None  # stop after this many steps (smoke runs); the schedule is unchanged
     prefetch: int = 2  # batches prepared ahead in a background thread
+    shards: int = 1  # split each batch over this many threads (data parallelism, see tinymoe.parallel)
     # ---- regularising augmentation (tinymoe.data.augment); the defaults are off ----
     randaugment_ops: int = 0  # RandAugment ops per image (DeiT: 2); 0 = off
     randaugment_magnitude: float = 9.0  # 0..10 (DeiT: 9)
@@ -97,6 +105,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig: label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.clip_grad is not None and self.clip_grad <= 0:
             raise ValueError(f"TrainConfig: clip_grad must be > 0 or None, got {self.clip_grad}")
+        if not isinstance(self.shards, int) or self.shards < 1:
+            raise ValueError(f"TrainConfig: shards must be an integer >= 1, got {self.shards!r}")
         try:
             self.augmentation(num_classes=1)
         except ValueError as err:
@@ -115,6 +125,18 @@ class TrainingData:
     eval_name: str = "val"
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
+
+
+class ShardedOutput:
+    """The outputs of a batch's shards seen as one: the logits (values only) and the expert counts."""
+
+    def __init__(self, outputs):
+        self.logits = Tensor(np.concatenate([o.logits.data for o in outputs]))  # (B, classes), no graph
+        counts = [o.expert_counts() for o in outputs]
+        self._counts = None if counts[0] is None else np.sum(counts, axis=0)
+
+    def expert_counts(self):
+        return self._counts
 
 
 class TrainingDiverged(RuntimeError):
@@ -215,6 +237,9 @@ class Trainer:
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.warmup_steps = int(round(cfg.warmup_epochs * self.steps_per_epoch))
         self.optimizer = make_optimizer(model, cfg)
+        check_shardable(model.config, cfg.shards)
+        self.pool = ShardPool(cfg.shards)
+        self.replicas = replicate(model, cfg.shards - 1)  # share the model's arrays; own gradients
         # The model's randomness in training (router noise of token routing, stochastic depth, expert
         # dropout): its own generator, checkpointed with the run.
         self.rng = np.random.default_rng([cfg.seed, 0x7E57])
@@ -286,7 +311,8 @@ class Trainer:
         d = self.data
         if d.eval_images is None:
             return None
-        result = evaluate(self.model, d.eval_images, d.eval_labels, batch_size=256, mean=d.mean, std=d.std)
+        result = evaluate(self.model, d.eval_images, d.eval_labels, batch_size=256, mean=d.mean, std=d.std,
+                          shards=self.cfg.shards)
         return result.as_dict()
 
     # ----------------------------------------------------------------------------------------------
@@ -345,7 +371,7 @@ class Trainer:
                 if self._stop_requested or (cfg.max_steps is not None and self.step >= cfg.max_steps):
                     break
                 lr = warmup_cosine_lr(self.step, self.total_steps, self.warmup_steps, cfg.lr, cfg.min_lr)
-                terms, out = self._train_step(x, y, lr)
+                terms, out = self.train_step(x, y, lr)
                 position = index + 1
                 labels = dominant_labels(y)  # y itself, unless mixing made soft targets
                 images_seen += labels.size
@@ -417,28 +443,62 @@ class Trainer:
     def _new_epoch_stats() -> dict:
         return {"loss_sum": 0.0, "steps": 0, "correct": 0, "seen": 0, "expert_counts": None}
 
-    def _train_step(self, x: np.ndarray, y: np.ndarray, lr: float):
+    def train_step(self, x: np.ndarray, y: np.ndarray, lr: float):
         """One optimizer step. y: int labels (B,), or soft targets (B, C) under mixup/cutmix."""
         cfg = self.cfg
-        # labels= is used only by teacher forcing (routing by the true superclass; under mixing, the
-        # dominant label's); the rng also draws stochastic depth and expert dropout masks.
-        out = self.model(x, rng=self.rng, labels=dominant_labels(y))
-        # Check the outputs before the loss: cross_entropy refuses non-finite logits with a ValueError,
-        # but here the right report is *which step* diverged and where the last good state is.
-        if not np.all(np.isfinite(out.logits.data)):
-            self._diverged("the model's logits contain NaN or inf")
-        terms = self.model.loss(out, y, label_smoothing=cfg.label_smoothing)
-        values = terms.as_dict()
-        if not math.isfinite(values["loss"]):
-            self._diverged(f"the loss became {values['loss']} ({values})")
-        self.optimizer.zero_grad()
-        terms.total.backward()
+        if cfg.shards == 1:
+            self.optimizer.zero_grad()
+            values, out = self._forward_backward(self.model, x, y, self.rng, weight=None)
+        else:
+            values, out = self._sharded_forward_backward(x, y)
         if cfg.clip_grad is not None:
             values["grad_norm"] = clip_grad_norm(self.optimizer.params, cfg.clip_grad)
         self.optimizer.lr = lr
         self.optimizer.step()
         self.step += 1
         return values, out
+
+    def _forward_backward(self, model, x, y, rng, weight):
+        """Forward, loss and backward of one batch (or shard) on `model`; returns (loss terms, output).
+
+        `weight` seeds the backward pass (None: 1, the plain gradient of this batch's mean loss)."""
+        # labels= is used only by teacher forcing (routing by the true superclass; under mixing, the
+        # dominant label's); the rng also draws stochastic depth and expert dropout masks.
+        out = model(x, rng=rng, labels=dominant_labels(y))
+        # Check the outputs before the loss: cross_entropy refuses non-finite logits with a ValueError,
+        # but here the right report is *which step* diverged and where the last good state is.
+        if not np.all(np.isfinite(out.logits.data)):
+            self._diverged("the model's logits contain NaN or inf")
+        terms = model.loss(out, y, label_smoothing=self.cfg.label_smoothing)
+        values = terms.as_dict()
+        if not math.isfinite(values["loss"]):
+            self._diverged(f"the loss became {values['loss']} ({values})")
+        if weight is None:
+            terms.total.backward()
+        else:
+            terms.total.backward(np.asarray(weight, dtype=terms.total.data.dtype))
+        return values, out
+
+    def _sharded_forward_backward(self, x, y):
+        """The batch split into cfg.shards slices, each on its own thread and model replica; the loss and
+        its gradient are the shards' weighted by their share of the batch (see tinymoe.parallel)."""
+        n = x.shape[0]
+        bounds = shard_bounds(n, self.cfg.shards)
+        # One generator per shard for its random masks, seeded from the run's generator (checkpointed):
+        # reproducible for a given number of shards.
+        rngs = [np.random.default_rng(seed) for seed in self.rng.integers(2**63, size=len(bounds))]
+        models = [self.model, *self.replicas]
+        sync_replicas(self.model, self.replicas)
+        self.optimizer.zero_grad()
+
+        def shard(index, start, stop):
+            return self._forward_backward(models[index], x[start:stop], y[start:stop], rngs[index], (stop - start) / n)
+
+        results = self.pool.run(shard, n)
+        add_gradients(self.model, self.replicas[: len(results) - 1])
+        shares = [(b - a) / n for a, b in bounds]
+        values = {key: sum(share * v[key] for share, (v, _) in zip(shares, results)) for key in results[0][0]}
+        return values, ShardedOutput([out for _, out in results])
 
     def _diverged(self, what: str):
         where = f"the last good checkpoint is {self.last_path}" if self.last_path.exists() else "no checkpoint was saved yet"
