@@ -18,11 +18,13 @@ How it measures (so the numbers can be trusted):
   cache), then times `--steps` steps. Reported rates are batch / median step time over all rounds.
 - The same architecture (bench/torch_models.py mirrors tinymoe.models), the same batch of random
   64×64 images with random labels, and the same optimizer (AdamW, lr 1e-3, weight decay 0.05).
-- Environment, identical for both workers (`tinymoe.runtime.recommended_environment`): every thread
-  pool sized to `--threads` (default: all cores; PyTorch also gets torch.set_num_threads), idle BLAS
-  threads sleep at once instead of spinning against the Numba threads (OPENBLAS_THREAD_TIMEOUT=1), and
-  glibc's malloc keeps freed blocks for reuse (MALLOC_*_ variables) instead of page-faulting fresh
-  memory for every activation. See tinymoe/runtime.py.
+- How each uses the cores: PyTorch multi-threads every op (torch.set_num_threads(--threads)); tinymoe,
+  by default, splits the batch into `--shards` (= --threads) slices run on as many threads through
+  its Trainer's own step (tinymoe.parallel), each with single-threaded BLAS and Numba; `--shards 1`
+  measures multi-threaded ops instead. Otherwise the environment is the same for both workers
+  (`tinymoe.runtime.recommended_environment`): idle BLAS threads sleep at once instead of spinning
+  (OPENBLAS_THREAD_TIMEOUT=1), and glibc's malloc keeps freed blocks for reuse (MALLOC_*_ variables)
+  instead of page-faulting fresh memory for every activation. See tinymoe/runtime.py.
 - Peak memory: ru_maxrss of the subprocess after training, minus its resident size just before the
   model was built (imports and interpreter excluded: "model + activations + optimizer").
 """
@@ -35,6 +37,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -101,8 +104,9 @@ def worker_tinymoe(args) -> dict:
 
     from tinymoe import kernels
     from tinymoe.models import ModelConfig, VisionTransformer
-    from tinymoe.optim import AdamW
+    from tinymoe.parallel import ShardPool
     from tinymoe.tensor import no_grad
+    from tinymoe.training import TrainConfig, Trainer, TrainingData
 
     kernels.use_backend(args.backend)
     if args.variant == "fused":
@@ -117,24 +121,33 @@ def worker_tinymoe(args) -> dict:
     model = VisionTransformer(config, rng=0)
     if config.is_moe:
         model.set_class_to_group(np.arange(args.classes) % args.experts)
-    optimizer = AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    # The training step is the Trainer's own (tinymoe.training.Trainer.train_step: sharded over
+    # `shards` threads when > 1), with the PyTorch side's settings: AdamW lr 1e-3, weight decay 0.05,
+    # no label smoothing, no clipping.
+    cfg = TrainConfig(epochs=1, batch_size=args.batch, lr=1e-3, weight_decay=0.05, label_smoothing=0.0,
+                      clip_grad=None, augment=False, prefetch=0, shards=args.shards)
+    holder = TrainingData(np.zeros((args.batch, args.image_size, args.image_size, 3), np.uint8), labels)
+    trainer = Trainer(model, cfg, holder, tempfile.mkdtemp(prefix="tinymoe-bench-"), log=lambda *_: None,
+                      progress=False)
     model.train()
 
     def train_step():
-        optimizer.zero_grad()
-        out = model(images)
-        model.loss(out, labels).total.backward()
-        optimizer.step()
+        trainer.train_step(images, labels, 1e-3)
 
     train_times = _time_steps(train_step, args.warmup, args.steps)
     peak = _peak_rss_mb()
     model.eval()
+    pool = ShardPool(args.shards)
+
+    def infer_shard(_index, start, stop):
+        with no_grad():  # per thread
+            model(images[start:stop])
 
     def infer_step():
-        with no_grad():
-            model(images)
+        pool.run(infer_shard, args.batch)
 
     infer_times = _time_steps(infer_step, args.warmup, args.steps)
+    pool.close()
     return {
         "train_step_s": train_times,
         "infer_step_s": infer_times,
@@ -195,7 +208,7 @@ def worker_torch(args) -> dict:
 # ----------------------------------------------------------------------------------------------------
 # The driver
 # ----------------------------------------------------------------------------------------------------
-def thread_env(threads: int) -> dict[str, str]:
+def thread_env(threads: int, shards: int = 1) -> dict[str, str]:
     """Environment for both workers (the same for tinymoe and PyTorch): every thread pool sized to
     `threads`, idle BLAS threads not spinning, and glibc's malloc keeping freed blocks for reuse (see
     tinymoe/runtime.py: without it a tinymoe step spends ~30% of its time in page faults; PyTorch gains
@@ -203,13 +216,15 @@ def thread_env(threads: int) -> dict[str, str]:
     from tinymoe.runtime import recommended_environment
 
     env = dict(os.environ)
-    env.update(recommended_environment(threads))
+    env.update(recommended_environment(threads, shards))
     return env
 
 
-def _run_worker(which: str, argv: list[str], threads: int) -> dict:
+def _run_worker(which: str, argv: list[str], threads: int, shards: int) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", which, *argv]
-    proc = subprocess.run(cmd, env=thread_env(threads), capture_output=True, text=True)
+    # tinymoe with shards: BLAS on 1 thread per shard thread; PyTorch sizes its own pool (set_num_threads).
+    env = thread_env(threads, shards if which == "tinymoe" else 1)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{which} worker failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -245,7 +260,7 @@ def run(args, argv: list[str]) -> dict:
     runs: dict[str, list[dict]] = {"tinymoe": [], "torch": []}
     for _ in range(args.rounds):
         for which in ("tinymoe", "torch"):
-            runs[which].append(_run_worker(which, argv, args.threads))
+            runs[which].append(_run_worker(which, argv, args.threads, args.shards))
     gemm = _gemm_peak(args.threads)
 
     result: dict = {}
@@ -280,11 +295,12 @@ def run(args, argv: list[str]) -> dict:
         "gemm_peak_gflop_s": round(gemm["peak"], 1),
         "gemm_gflop_s": {k: round(v, 1) for k, v in gemm["rates"].items()},
         "rounds": args.rounds, "steps_per_round": args.steps, "warmup_steps": args.warmup,
-        "threads": args.threads, "backend": args.backend, "variant": args.variant,
+        "threads": args.threads, "tinymoe_shards": args.shards, "backend": args.backend, "variant": args.variant,
         "tinymoe_kernels": runs["tinymoe"][0]["kernel_report"],
         "torch_version": runs["torch"][0]["torch"],
         "machine": machine.describe(),
-        "worker_env": {k: v for k, v in thread_env(args.threads).items() if k in machine.THREAD_VARS or k.startswith("MALLOC_")},
+        "worker_env": {which: {k: v for k, v in thread_env(args.threads, args.shards if which == "tinymoe" else 1).items()
+                               if k in machine.THREAD_VARS or k.startswith("MALLOC_")} for which in ("tinymoe", "torch")},
         "command": "python bench/throughput.py " + " ".join(argv),
     })
     return result
@@ -306,6 +322,8 @@ def parse_args(argv):
     p.add_argument("--steps", type=int, default=5, help="timed steps per round (after warm-up)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--shards", type=int, default=None,
+                   help="tinymoe: split each batch over this many threads (default: --threads; 1 = multi-threaded ops)")
     p.add_argument("--backend", choices=("numba", "reference"), default="numba", help="tinymoe kernel backend")
     p.add_argument(
         "--variant", choices=("model", "fused"), default="model",
@@ -314,7 +332,10 @@ def parse_args(argv):
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.add_argument("--no-save", action="store_true", help="do not write bench/results/throughput_*.json")
     p.add_argument("--worker", choices=("tinymoe", "torch"), help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.shards is None:
+        args.shards = args.threads
+    return args
 
 
 def main(argv=None):
@@ -331,6 +352,7 @@ def main(argv=None):
         RESULTS.mkdir(parents=True, exist_ok=True)
         suffix = "" if args.variant == "model" and args.backend == "numba" else f"_{args.variant}_{args.backend}"
         suffix += "" if args.threads == (os.cpu_count() or 1) else f"_threads{args.threads}"
+        suffix += "" if args.shards == args.threads else f"_shards{args.shards}"
         path = RESULTS / f"throughput_{args.model}_{args.layers}x{args.dim}{suffix}.json"
         path.write_text(json.dumps(result, indent=2) + "\n")
     if args.json:
