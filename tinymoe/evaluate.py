@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     _, shards = apply_threads(args.threads)
+    from tinymoe.runtime import tune_malloc
+
+    tune_malloc()  # see tinymoe.runtime
 
     from tinymoe.checkpoint import CheckpointError, load_model
     from tinymoe.data import DatasetFormatError, DatasetNotFoundError, ImageDecodeError

@@ -25,6 +25,12 @@ Two findings from profiling a 6×64 training step on a 2-core machine (bench/thr
 
    These are read when the libraries load, so they must be set before Python starts (or at least
    before NumPy and Numba are imported). `recommended_environment()` returns them for this machine.
+
+3. **Shards beat threaded ops.** Even so, multi-threading each op gained only 1.25x from the second
+   core (the ops are small; every one pays a fork/join). Splitting each batch into one shard per core,
+   each on its own thread with single-threaded BLAS and Numba (tinymoe.parallel), gains ~1.9x. That is
+   what `python -m tinymoe.train --threads N` does (`recommended_environment(N, shards=N)` gives BLAS
+   one thread); token routing, whose loss does not split into shards, keeps the threaded ops.
 """
 
 from __future__ import annotations

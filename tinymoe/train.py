@@ -159,6 +159,9 @@ def model_config(args, num_classes: int, image_size: int):
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     _, shards = apply_threads(args.threads, shard=args.routing != "token")
+    from tinymoe.runtime import tune_malloc  # standard library only: safe before NumPy loads
+
+    tune_malloc()  # reuse freed activation memory instead of page-faulting fresh memory every step
 
     # Heavy imports only now (see the module docstring).
     from tinymoe.checkpoint import CheckpointError
