@@ -1,14 +1,19 @@
 """Record a `python -m tinymoe.train` run as a reproduction result, and plot top-1 against FLOPs.
 
     python bench/reproduction.py record RUN_DIR --name calib-6x64-p16 --command "python -m tinymoe.train ..."
+    python bench/reproduction.py record RUN_DIR --name ablation-learned --into ablation --command "..."
     python bench/reproduction.py plot                       # bench/results/reproduction/top1_vs_flops.png
+    python bench/reproduction.py table ablation reproduction   # a Markdown table of the recorded runs
 
 `record` reads RUN_DIR/results.json (written by the pipeline at the end of a run) and each stage's
 summary.csv, adds the machine description, the exact command, wall times and the calibration target,
 and writes bench/results/reproduction/<name>.json. Only numbers a run actually produced are written.
 
-`plot` draws every recorded run like the paper's Figure 1: top-1 on val against inference FLOPs, dense
-and MoE as two lines (one point per model size), with Pillow (matplotlib is not a dependency).
+`plot` draws every recorded run of bench/results/reproduction/ like the paper's Figure 1: top-1 on val
+against inference FLOPs, dense and MoE (superclass routing, the paper's) as two lines, one point per
+model size, with Pillow (matplotlib is not a dependency). Runs that vary something else at one size,
+such as the routing ablation, are recorded `--into ablation` (bench/results/ablation/) so they do not
+crowd the size axis; `table` lists any of these folders as Markdown.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results" / "reproduction"
+BENCH_RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = BENCH_RESULTS / "reproduction"
 
 
 def _stage_history(run: Path, stage: str) -> list[dict]:
@@ -46,7 +52,7 @@ def _epoch_seconds(run: Path, stage: str) -> list[float]:
     return [float(row["seconds"]) for row in history if "seconds" in row]
 
 
-def record(run: Path, name: str, command: str, notes: str = "") -> Path:
+def record(run: Path, name: str, command: str, notes: str = "", into: str = "reproduction") -> Path:
     results = json.loads((run / "results.json").read_text())
     entry = {
         "name": name,
@@ -72,8 +78,9 @@ def record(run: Path, name: str, command: str, notes: str = "") -> Path:
     superclasses = run / "superclasses.json"
     if superclasses.exists():
         entry["superclasses"] = json.loads(superclasses.read_text())
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"{name}.json"
+    folder = BENCH_RESULTS / into
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / f"{name}.json"
     out.write_text(json.dumps(entry, indent=2) + "\n")
     return out
 
@@ -84,7 +91,7 @@ def plot(out: Path | None = None) -> Path:
     series = {"dense": [], "moe": []}
     for run in runs:
         for model in series:
-            if model in run:
+            if model in run and (model == "dense" or run[model]["config"]["routing"] == "superclass"):
                 series[model].append((run[model]["flops"] / 1e6, run[model]["top1"], run["name"]))
     points = [p for s in series.values() for p in s]
     if not points:
@@ -129,6 +136,31 @@ def plot(out: Path | None = None) -> Path:
     return out
 
 
+def table(folders: list[str]) -> str:
+    """One Markdown row per model of every run recorded in the given folders of bench/results/."""
+    rows = ["| run | model | routing | MFLOPs | params (total / active) | top-1 | top-5 | router acc | "
+            "val images per expert (min–max) | train loss (last epoch) |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for folder in folders:
+        for path in sorted((BENCH_RESULTS / folder).glob("*.json")):
+            run = json.loads(path.read_text())
+            for model in ("dense", "moe"):
+                r = run.get(model)
+                if r is None:
+                    continue
+                c = r["config"]
+                counts = r.get("expert_counts")
+                router = "–" if r.get("router_accuracy") is None else f"{r['router_accuracy']:.1f}%"
+                loss = r["history"][-1].get("train_loss") if r.get("history") else None
+                rows.append(
+                    f"| {run['name']} | {model} {c['layers']}×{c['dim']} | {c['routing'] if model == 'moe' else '–'} | "
+                    f"{r['flops'] / 1e6:.1f} | {r['params'] / 1e6:.2f}M / {r['active_params'] / 1e6:.2f}M | "
+                    f"{r['top1']:.2f}% | {r['top5']:.2f}% | {router} | "
+                    f"{'–' if not counts else f'{min(counts)}–{max(counts)}'} | {'–' if loss is None else f'{loss:.3f}'} |"
+                )
+    return "\n".join(rows)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -137,10 +169,15 @@ def main(argv=None) -> int:
     r.add_argument("--name", required=True)
     r.add_argument("--command", required=True, help="the exact command that produced the run")
     r.add_argument("--notes", default="")
+    r.add_argument("--into", default="reproduction", help="folder under bench/results/ (e.g. ablation)")
     sub.add_parser("plot")
+    t = sub.add_parser("table")
+    t.add_argument("folders", nargs="+", help="folders under bench/results/, e.g. reproduction ablation")
     args = parser.parse_args(argv)
     if args.cmd == "record":
-        print(record(args.run, args.name, args.command, args.notes))
+        print(record(args.run, args.name, args.command, args.notes, args.into))
+    elif args.cmd == "table":
+        print(table(args.folders))
     else:
         print(plot())
     return 0

@@ -15,7 +15,8 @@ import reproduction  # noqa: E402
 
 
 def test_record_and_plot_a_synthetic_run(tmp_path, monkeypatch):
-    monkeypatch.setattr(reproduction, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(reproduction, "BENCH_RESULTS", tmp_path / "results")
+    monkeypatch.setattr(reproduction, "RESULTS", tmp_path / "results" / "reproduction")
     splits = load_splits("synthetic", experts=3, synthetic_per_class=40, seed=0)
     config = ModelConfig(layers=2, dim=16, heads=2, patch_size=8, moe_layers=1, experts=3)
     run = tmp_path / "run"
@@ -31,3 +32,10 @@ def test_record_and_plot_a_synthetic_run(tmp_path, monkeypatch):
     assert len(entry["superclasses"]["classes"]) == splits.num_classes
     png = reproduction.plot()
     assert Image.open(png).size == (640, 420)
+
+    # The same run recorded as an ablation goes to its own folder, and `table` lists both.
+    other = reproduction.record(run, "tiny-ablation", "python -m tinymoe.train ...", into="ablation")
+    assert other.parent == tmp_path / "results" / "ablation"
+    rows = reproduction.table(["reproduction", "ablation"]).splitlines()
+    assert len(rows) == 2 + 4  # header, rule, dense + MoE of each recorded run
+    assert f"{results['moe']['top1']:.2f}%" in rows[3] and "superclass" in rows[3]
