@@ -190,3 +190,23 @@ def test_command_line_threads_become_shards_with_single_threaded_blas(monkeypatc
     assert os.environ["OPENBLAS_NUM_THREADS"] == "1" and os.environ["NUMBA_NUM_THREADS"] == "2"
     assert apply_threads(2, shard=False) == (2, 1)
     assert os.environ["OPENBLAS_NUM_THREADS"] == "2" and os.environ["NUMBA_NUM_THREADS"] == "2"
+
+
+def test_a_sharded_run_stopped_and_resumed_equals_one_that_never_stopped(tmp_path, train):
+    config = TINY.replace(drop_path=0.1)
+    straight = _trainer(tmp_path / "a", train, config, shards=2)
+    straight.run()
+    first = _trainer(tmp_path / "b", train, config, shards=2, max_steps=4)  # inside epoch 1 (6 steps of 12 images per epoch)
+    assert not first.run().completed
+    second = _trainer(tmp_path / "b", train, config, shards=2)
+    assert second.run(resume=True).completed
+    for (name, p), q in zip(straight.model.named_parameters(), second.model.parameters()):
+        np.testing.assert_array_equal(p.data, q.data, err_msg=name)
+
+
+def test_resuming_with_another_shard_count_is_refused(tmp_path, train):
+    """The shard count changes the numbers (each shard draws its own masks), so a run continues only
+    with the count it started with."""
+    _trainer(tmp_path, train, TINY, shards=2, max_steps=2).run()
+    with pytest.raises(ValueError, match="shards"):
+        _trainer(tmp_path, train, TINY, shards=1).run(resume=True)

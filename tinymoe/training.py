@@ -279,9 +279,13 @@ class Trainer:
             k for k, v in asdict(self.cfg).items() if k not in _DOES_NOT_CHANGE_RESULTS and saved_cfg[k] != v
         )
         if changed:
+            hint = ""
+            if "shards" in changed:  # the one setting a user changes without meaning to: the core count
+                hint = (f" (shards: the run used {saved_cfg['shards']}, this one {self.cfg.shards}; on the command "
+                        f"line that is --threads {saved_cfg['shards']})")
             raise CheckpointError(
-                f"{self.last_path}: was written with a different training configuration (differs in {changed}); "
-                "resume with the same settings, or use a new output directory"
+                f"{self.last_path}: was written with a different training configuration (differs in {changed}"
+                f"{hint}); resume with the same settings, or use a new output directory"
             )
         load_into(ckpt, self.model)
         state = ckpt.state
