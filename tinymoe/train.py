@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--routing", choices=("superclass", "learned", "random", "token"), default="superclass")
     g.add_argument("--router-weight", type=float, default=0.3, help="weight of the router's superclass loss")
     g.add_argument("--router-input", choices=("class_token", "mean_tokens"), default="class_token")
+    g.add_argument("--init", choices=("timm", "pytorch"), default="timm",
+                   help="initial weights: timm's ViT scheme (truncated normal, std 0.02) or PyTorch's nn.Linear "
+                        "default (uniform in ±1/sqrt(fan_in)); see README, Reproduction")
     g.add_argument("--superclasses", type=Path, default=None, help="use this superclasses JSON instead of computing it")
     g.add_argument("--upcycle", action="store_true",
                    help="initialise the MoE from the trained dense model: every expert a copy of its block's MLP")
@@ -153,6 +156,7 @@ def model_config(args, num_classes: int, image_size: int):
         num_classes=num_classes, moe_layers=args.moe_layers, experts=args.experts, k=args.k,
         routing=args.routing, router_weight=args.router_weight, router_input=args.router_input,
         drop_path=args.drop_path, expert_dropout=args.expert_dropout, teacher_forcing=args.teacher_forcing,
+        init=args.init,
     )
 
 

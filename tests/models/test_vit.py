@@ -75,6 +75,36 @@ def test_same_seed_same_model_and_timm_like_initialisation():
     assert not np.array_equal(sa["blocks.1.experts.fc1_weight"][0], sa["blocks.1.experts.fc1_weight"][1])
 
 
+@pytest.mark.parametrize("routing", ["superclass", "token"])
+def test_pytorch_initialisation_is_uniform_in_one_over_sqrt_fan_in(routing):
+    """init="pytorch": every linear map (experts and routers too) weight and bias in ±1/sqrt(fan_in),
+    spread like a uniform (std = bound / sqrt 3); class token 0; position embedding N(0, 0.02); norms
+    untouched. A weight left at timm's 0.02 would fail the spread check for fan-in 64."""
+    c = ModelConfig(layers=2, dim=64, moe_layers=1, routing=routing, init="pytorch")
+    state = VisionTransformer(c, rng=5).state_dict()
+    fan_in = {"patch_embed": c.patch_dim, "qkv": 64, "proj": 64, "fc1": 64, "fc2": 256, "head": 64, "router": 64}
+    checked = 0
+    for name, value in state.items():
+        key = next((k for k in fan_in if k in name), None)
+        if key is None:
+            continue
+        bound = 1 / np.sqrt(fan_in[key])
+        assert np.abs(value).max() <= bound, name
+        if value.size >= 64:
+            assert 0.9 < value.std() / (bound / np.sqrt(3)) < 1.1, name
+        checked += 1
+    assert checked == len([n for n in state if any(k in n for k in fan_in)]) >= 14
+    assert np.all(state["cls_token"] == 0) and 0.015 < state["pos_embed"].std() < 0.025
+    assert np.all(state["blocks.0.norm1.weight"] == 1) and np.all(state["norm.bias"] == 0)
+    same = VisionTransformer(c, rng=5).state_dict()  # still a pure function of the seed
+    assert all(np.array_equal(state[n], same[n]) for n in state)
+
+
+def test_an_unknown_initialisation_is_a_config_error():
+    with pytest.raises(ValueError, match="init='xavier' is not one of"):
+        ModelConfig(init="xavier")
+
+
 def _documented_names() -> set[str]:
     names = set()
     for line in vit_module.__doc__.splitlines():

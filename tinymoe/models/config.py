@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 ROUTING_VARIANTS = ("superclass", "learned", "random", "token")
 ROUTER_INPUTS = ("class_token", "mean_tokens")
+INITS = ("timm", "pytorch")
 
 
 class ConfigError(ValueError):
@@ -50,6 +51,8 @@ class ModelConfig:
     channels: int = 3  # input channels (images are channel-last: (B, H, W, channels))
     num_classes: int = 200  # classifier outputs (Tiny ImageNet: 200)
     norm_eps: float = 1e-6  # LayerNorm epsilon (as timm's ViT)
+    init: str = "timm"  # initial weights: "timm" (truncated normal, std 0.02) or "pytorch" (nn.Linear's
+    #                     default, uniform in ±1/sqrt(fan_in)); see tinymoe/models/vit.py
 
     # ---- Mobile V-MoE ----
     moe_layers: int = 2  # the LAST moe_layers blocks are MoE blocks; 0 = a dense ViT
@@ -106,6 +109,8 @@ class ModelConfig:
             raise ConfigError(f"k={self.k} experts per input cannot exceed experts={self.experts}")
         if self.routing not in ROUTING_VARIANTS:
             raise ConfigError(f"routing={self.routing!r} is not one of {ROUTING_VARIANTS}")
+        if self.init not in INITS:
+            raise ConfigError(f"init={self.init!r} is not one of {INITS}")
         if self.router_input not in ROUTER_INPUTS:
             raise ConfigError(f"router_input={self.router_input!r} is not one of {ROUTER_INPUTS}")
         if self.router_weight < 0 or self.balance_weight < 0:

@@ -17,10 +17,15 @@ Architecture (ViT, Dosovitskiy et al. 2021, pre-norm as in timm):
 Images are channel-last, (B, H, W, C), because that is how the data loaders (and PIL) produce them;
 a channel-first array gets an error telling you to transpose it.
 
-Initialisation (timm's default ViT scheme, all drawn from one seeded np.random.Generator): linear
-weights and the position embedding truncated normal with std 0.02 (cut at 2 std), linear biases 0,
-the class token normal with std 1e-6, LayerNorms 1 and 0, and the patch embedding uniform in
-±1/sqrt(p·p·C) (weight and bias; PyTorch's default for the convolution timm uses there).
+Initialisation, all drawn from one seeded np.random.Generator. `init="timm"` (the default, timm's ViT
+scheme): linear weights and the position embedding truncated normal with std 0.02 (cut at 2 std),
+linear biases 0, the class token normal with std 1e-6, LayerNorms 1 and 0, and the patch embedding
+uniform in ±1/sqrt(p·p·C) (weight and bias; PyTorch's default for the convolution timm uses there).
+`init="pytorch"`: what a model written with plain nn.Linear layers starts from: every linear map's
+weight and bias uniform in ±1/sqrt(fan_in) (nn.Linear's kaiming_uniform(a=√5); experts and routers
+alike), the position embedding N(0, 0.02), the class token 0, LayerNorms 1 and 0. With fan-in 64 that
+is a weight std of 0.072, 3.6× timm's 0.02, which changes how fast a small model learns in a short
+schedule (README, Reproduction: calibration).
 
 Parameters (`model.state_dict()` names; D = dim, H = mlp_ratio·dim, E = experts, C = classes,
 N = patches + 1, p = patch_size, c = channels). Every weight is stored (in, out), so x @ W; PyTorch /
@@ -63,7 +68,9 @@ import numpy as np
 from tinymoe import ops
 from tinymoe.models.config import ModelConfig
 from tinymoe.models.layers import Block
-from tinymoe.models.moe import ImageRouter, ImageRouting, MoEBlock, TokenRouting, random_class_groups
+from tinymoe.models.moe import (
+    ExpertMlps, ImageRouter, ImageRouting, MoEBlock, TokenRouter, TokenRouting, random_class_groups,
+)
 from tinymoe.nn import LayerNorm, Linear, Module, ModuleList, Parameter, truncated_normal
 from tinymoe.tensor import Tensor
 
@@ -136,12 +143,36 @@ class VisionTransformer(Module):
         self.norm = LayerNorm(d, eps=c.norm_eps, dtype=dtype)
         self.head = Linear(d, c.num_classes, rng=rng, dtype=dtype)
 
+        if c.init == "pytorch":
+            self._pytorch_init(rng)
         self.rng = np.random.default_rng(rng.integers(2**63))  # router noise (token routing, training)
         # class -> expert group, the router's target: set by set_class_to_group for "superclass",
         # fixed at random (seeded by config.random_groups_seed) for "random".
         self.class_to_group: np.ndarray | None = None
         if c.is_moe and c.routing == "random":
             self.class_to_group = random_class_groups(c.num_classes, c.experts, c.random_groups_seed)
+
+    def _pytorch_init(self, rng: np.random.Generator) -> None:
+        """Redraw the weights as PyTorch's default layers would (see the module docstring)."""
+
+        def uniform(p: Parameter, fan_in: int) -> None:
+            bound = 1.0 / np.sqrt(fan_in)
+            p.data[...] = rng.uniform(-bound, bound, p.data.shape)
+
+        for _, module in self.named_modules():
+            if isinstance(module, Linear):  # weight (in, out): fan-in is its first axis
+                uniform(module.weight, module.in_features)
+                if module.bias is not None:
+                    uniform(module.bias, module.in_features)
+            elif isinstance(module, ExpertMlps):  # fc1 (E, D, H), fc2 (E, H, D)
+                uniform(module.fc1_weight, module.dim)
+                uniform(module.fc1_bias, module.dim)
+                uniform(module.fc2_weight, module.hidden)
+                uniform(module.fc2_bias, module.hidden)
+            elif isinstance(module, (ImageRouter, TokenRouter)):  # weight (D, E), no bias
+                uniform(module.weight, module.weight.data.shape[0])
+        self.cls_token.data[...] = 0.0
+        self.pos_embed.data[...] = rng.normal(0.0, 0.02, self.pos_embed.data.shape)
 
     # ----------------------------------------------------------------------------------------------
     @property
