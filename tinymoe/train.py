@@ -42,8 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dim", type=int, default=64, help="token width")
     g.add_argument("--heads", type=int, default=None, help="attention heads (default: from the width, as the paper)")
     g.add_argument("--patch-size", type=int, default=16,
-                   help="patch side in pixels: 16 gives a 4x4 token grid on 64 px images (what fits a 2-core CPU "
-                        "in about an hour per model); 8 gives 8x8, closer to the paper's 7x7, at ~4x the cost")
+                   help="patch side in pixels: 16 gives a 4x4 token grid on 64 px images (about 11 minutes of "
+                        "training per 6x64 model on 2 cores); 8 gives 8x8, closer to the paper's 7x7, at ~3.5x the "
+                        "cost (bench/results/train_speed_*.json)")
     g.add_argument("--image-size", type=int, default=None, help="input side in pixels (default: the dataset's)")
     g.add_argument("--model", choices=("both", "dense", "moe"), default="both",
                    help="'both' runs the whole protocol; 'dense' or 'moe' one stage only")
