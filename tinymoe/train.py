@@ -10,6 +10,12 @@
 See `tinymoe.pipeline` for what each stage does and writes. This module only turns flags into a
 PipelineOptions; the logic lives in the library.
 
+The defaults are the calibrated recipe of the reproduction (README, Reproduction): 15 epochs, patch 16,
+AdamW lr 2e-3, batch 256, weight decay 0.05, 1 warm-up epoch + cosine, label smoothing 0.1, random crop
+with 4-pixel reflect padding + flip, no gradient clipping, PyTorch's default initialisation. Three of
+these differ from the library's own defaults (TrainConfig: zero padding, clipping at 1.0; ModelConfig:
+timm's initialisation), which keep the behaviour the earlier recorded runs used.
+
 Only the standard library is imported at the top: NumPy's BLAS and Numba read their thread counts
 when they load, so `--threads` must be applied before anything imports them.
 """
@@ -54,9 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--routing", choices=("superclass", "learned", "random", "token"), default="superclass")
     g.add_argument("--router-weight", type=float, default=0.3, help="weight of the router's superclass loss")
     g.add_argument("--router-input", choices=("class_token", "mean_tokens"), default="class_token")
-    g.add_argument("--init", choices=("timm", "pytorch"), default="timm",
-                   help="initial weights: timm's ViT scheme (truncated normal, std 0.02) or PyTorch's nn.Linear "
-                        "default (uniform in ±1/sqrt(fan_in)); see README, Reproduction")
+    g.add_argument("--init", choices=("timm", "pytorch"), default="pytorch",
+                   help="initial weights: PyTorch's nn.Linear default (uniform in ±1/sqrt(fan_in); the calibrated "
+                        "recipe, 3.4 points better at 15 epochs) or timm's ViT scheme (truncated normal, std 0.02, "
+                        "the library's ModelConfig default); see README, Reproduction")
     g.add_argument("--superclasses", type=Path, default=None, help="use this superclasses JSON instead of computing it")
     g.add_argument("--upcycle", action="store_true",
                    help="initialise the MoE from the trained dense model: every expert a copy of its block's MLP")
@@ -88,9 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--weight-decay", type=float, default=0.05)
     g.add_argument("--warmup", "--warmup-epochs", dest="warmup", type=float, default=1.0, help="warmup epochs")
     g.add_argument("--label-smoothing", "--smoothing", dest="label_smoothing", type=float, default=0.1)
-    g.add_argument("--clip-grad", type=float, default=1.0, help="max global gradient norm (0 = off)")
+    g.add_argument("--clip-grad", type=float, default=0.0,
+                   help="max global gradient norm (0 = off, the calibrated recipe's choice)")
     g.add_argument("--no-augment", action="store_true", help="no random crop / flip")
-    g.add_argument("--pad-mode", choices=("zero", "reflect"), default="zero",
+    g.add_argument("--pad-mode", choices=("zero", "reflect"), default="reflect",
                    help="what the random crop's 4-pixel padding holds")
     g.add_argument("--seed", type=int, default=0, help="data order, augmentation, held-out split, initial weights")
     g.add_argument("--eval-every", type=int, default=1, help="evaluate on val every n epochs (0 = at the end)")
