@@ -11,7 +11,7 @@ and writes bench/results/reproduction/<name>.json. Only numbers a run actually p
 
 `plot` draws every recorded run of bench/results/reproduction/ like the paper's Figure 1: top-1 on val
 against inference FLOPs, dense and MoE (superclass routing, the paper's) as two lines, one point per
-model size, with Pillow (matplotlib is not a dependency). Runs that vary something else at one size,
+model size (the mean over seeds where several runs share a size), with Pillow (matplotlib is not a dependency). Runs that vary something else at one size,
 such as the routing ablation, are recorded `--into ablation` (bench/results/ablation/) so they do not
 crowd the size axis; `table` lists any of these folders as Markdown.
 """
@@ -119,14 +119,19 @@ def plot(out: Path | None = None) -> Path:
     draw.text((margin, 20), "top-1 on val (%)", fill="black")
     colours = {"dense": (31, 119, 180), "moe": (214, 39, 40)}
     for i, (model, pts) in enumerate(series.items()):
-        pts = sorted(pts)
+        # Runs of one size (same FLOPs) with other seeds: one point, their mean, labelled with the count.
+        by_flops: dict[float, list[float]] = {}
+        for x, y, _ in pts:
+            by_flops.setdefault(x, []).append(y)
+        pts = [(x, sum(ys) / len(ys), len(ys)) for x, ys in sorted(by_flops.items())]
         xy = [at(x, y) for x, y, _ in pts]
         if len(xy) > 1:
             draw.line(xy, fill=colours[model], width=2)
-        for (px, py), (_, top1, _) in zip(xy, pts):
+        for (px, py), (_, top1, n) in zip(xy, pts):
             draw.ellipse([px - 4, py - 4, px + 4, py + 4], fill=colours[model])
             # Dense and MoE of one size share their FLOPs: dense labels go above, MoE labels below.
-            draw.text((px + 6, py - 14 if model == "dense" else py + 2), f"{top1:.1f}", fill=colours[model])
+            label = f"{top1:.1f}" + (f" (mean of {n})" if n > 1 else "")
+            draw.text((px + 6, py - 14 if model == "dense" else py + 2), label, fill=colours[model])
         legend_y = margin + 12 + 16 * i
         draw.line([(width - margin - 140, legend_y), (width - margin - 120, legend_y)], fill=colours[model], width=2)
         draw.text((width - margin - 114, legend_y - 6), "Mobile V-MoE" if model == "moe" else "dense ViT",
