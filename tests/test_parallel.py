@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tinymoe import no_grad
+from tinymoe import kernels, no_grad
 from tinymoe.data import make_synthetic
 from tinymoe.evaluation import predict
 from tinymoe.models import ModelConfig, build_model
@@ -61,11 +61,18 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("backend", ["reference", "numba"])
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("shards", [2, 3])
-def test_sharded_gradient_equals_the_whole_batch_gradient(tmp_path, train, case, shards):
+def test_sharded_gradient_equals_the_whole_batch_gradient(tmp_path, train, case, shards, backend):
     """float64: the shards' gradients, each weighted by its share of the batch and added, are the
-    gradient of the whole batch's mean loss. 7 images on 2 or 3 shards: unequal shard sizes."""
+    gradient of the whole batch's mean loss. 7 images on 2 or 3 shards: unequal shard sizes. With the
+    Numba backend the shard threads call the parallel kernels concurrently (thread-safe layer)."""
+    with kernels.using(backend):
+        _check_sharded_gradient(tmp_path, train, case, shards)
+
+
+def _check_sharded_gradient(tmp_path, train, case, shards):
     config = TINY.replace(**CASES[case])
     rng = np.random.default_rng(0)
     x = rng.standard_normal((7, 16, 16, 3))
