@@ -36,12 +36,9 @@ def main(argv=None) -> int:
     p.add_argument("--no-save", action="store_true")
     args = p.parse_args(argv)
 
-    from tinymoe.train import apply_threads
+    from tinymoe.train import setup_process
 
-    _, shards = apply_threads(args.threads)  # before NumPy loads, as python -m tinymoe.train does
-    from tinymoe.runtime import tune_malloc
-
-    tune_malloc()
+    shards = setup_process(args.threads)  # before NumPy loads, as python -m tinymoe.train does
     import numpy as np
 
     sys.path.insert(0, str(HERE))

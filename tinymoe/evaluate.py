@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from tinymoe.train import apply_threads
+from tinymoe.train import setup_process
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,10 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    _, shards = apply_threads(args.threads)
-    from tinymoe.runtime import tune_malloc
-
-    tune_malloc()  # see tinymoe.runtime
+    shards = setup_process(args.threads)
 
     from tinymoe.checkpoint import CheckpointError, load_model
     from tinymoe.data import DatasetFormatError, DatasetNotFoundError, ImageDecodeError

@@ -34,7 +34,6 @@ and the same number of shards give the same numbers, whatever order the threads 
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Sequence
 
@@ -65,7 +64,7 @@ def require_threadsafe_numba() -> None:
         from numba.np.ufunc import parallel as numba_parallel
     except ImportError:  # no Numba: the NumPy references release the GIL and need no threading layer
         return
-    if os.environ.get("NUMBA_DISABLE_JIT") == "1":
+    if numba.config.DISABLE_JIT:  # plain Python functions: no threading layer involved
         return
     advice = ("use --threads 1 (or shards=1), or install a thread-safe layer: pip install tbb, or the OpenMP "
               "runtime (libgomp, e.g. apt install libgomp1)")

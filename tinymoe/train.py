@@ -133,16 +133,28 @@ def apply_threads(threads: int | None, shard: bool = True) -> tuple[int, int]:
         raise SystemExit(f"error: --threads must be >= 1, got {n}")
     if "numpy" in sys.modules:
         print("warning: NumPy was already imported; --threads may not apply to its BLAS", file=sys.stderr)
+    from tinymoe.runtime import recommended_environment  # standard library only: safe before NumPy loads
+
     shards = n if shard else 1
-    blas = 1 if shards > 1 else n
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(blas)
-    os.environ["NUMBA_NUM_THREADS"] = str(n)
+    env = recommended_environment(n, shards)
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ[var] = env[var]
     return n, shards
 
 
+def setup_process(threads: int | None, shard: bool = True) -> int:
+    """What every command-line tool does first, before NumPy loads: `apply_threads`, then `tune_malloc`
+    (reuse freed activation memory instead of page-faulting fresh memory every step; tinymoe.runtime).
+    Returns the number of shards."""
+    _, shards = apply_threads(threads, shard)
+    from tinymoe.runtime import tune_malloc
+
+    tune_malloc()
+    return shards
+
+
 def train_config(args, shards: int = 1):
-    """The TrainConfig the flags describe (`shards`: from apply_threads)."""
+    """The TrainConfig the flags describe (`shards`: from setup_process)."""
     from tinymoe.training import TrainConfig
 
     return TrainConfig(
@@ -171,10 +183,7 @@ def model_config(args, num_classes: int, image_size: int):
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    _, shards = apply_threads(args.threads, shard=args.routing != "token")
-    from tinymoe.runtime import tune_malloc  # standard library only: safe before NumPy loads
-
-    tune_malloc()  # reuse freed activation memory instead of page-faulting fresh memory every step
+    shards = setup_process(args.threads, shard=args.routing != "token")
 
     # Heavy imports only now (see the module docstring).
     from tinymoe.checkpoint import CheckpointError

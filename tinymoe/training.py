@@ -487,22 +487,23 @@ class Trainer:
         """The batch split into cfg.shards slices, each on its own thread and model replica; the loss and
         its gradient are the shards' weighted by their share of the batch (see tinymoe.parallel)."""
         n = x.shape[0]
-        bounds = shard_bounds(n, self.cfg.shards)
         # One generator per shard for its random masks, seeded from the run's generator (checkpointed):
         # reproducible for a given number of shards.
-        rngs = [np.random.default_rng(seed) for seed in self.rng.integers(2**63, size=len(bounds))]
+        count = len(shard_bounds(n, self.cfg.shards))
+        rngs = [np.random.default_rng(seed) for seed in self.rng.integers(2**63, size=count)]
         models = [self.model, *self.replicas]
         sync_replicas(self.model, self.replicas)
         self.optimizer.zero_grad()
 
         def shard(index, start, stop):
-            return self._forward_backward(models[index], x[start:stop], y[start:stop], rngs[index], (stop - start) / n)
+            share = (stop - start) / n  # weights both the shard's gradient and its logged loss terms
+            values, out = self._forward_backward(models[index], x[start:stop], y[start:stop], rngs[index], share)
+            return share, values, out
 
         results = self.pool.run(shard, n)
         add_gradients(self.model, self.replicas[: len(results) - 1])
-        shares = [(b - a) / n for a, b in bounds]
-        values = {key: sum(share * v[key] for share, (v, _) in zip(shares, results)) for key in results[0][0]}
-        return values, ShardedOutput([out for _, out in results])
+        values = {key: sum(share * v[key] for share, v, _ in results) for key in results[0][1]}
+        return values, ShardedOutput([out for _, _, out in results])
 
     def _diverged(self, what: str):
         where = f"the last good checkpoint is {self.last_path}" if self.last_path.exists() else "no checkpoint was saved yet"
