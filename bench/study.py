@@ -4,6 +4,7 @@
     python bench/study.py run --dry-run                                      # list the runs and commands
     python bench/study.py table                                              # bench/results/study/table.md
     python bench/study.py plots                                              # Δ vs factors, train/val curves
+    python bench/study.py adopt base-seed0 --from runs/calibrated-seed0      # count a finished run made elsewhere
 
 A grid is a base recipe (flags of `python -m tinymoe.train`) and factors, each with levels (extra flags);
 the first level of every factor is the base's. Designs:
@@ -27,6 +28,11 @@ machine, wall time, both models' val top-1/top-5, FLOPs and parameters, Δ = MoE
 expert load, and the per-epoch history (train loss, train top-1, val top-1) of both stages. `table`
 writes a Markdown table (and a per-recipe summary over seeds); `plots` draws Δ against each factor and
 train/val curves per run with Pillow. Every number in them comes from these JSON files.
+
+Adopting: a run trained outside the study (e.g. the calibrated pair of issue 7) can stand for a planned run
+when its recorded configuration is the one the run's flags describe; `adopt` checks that (every TrainConfig
+and ModelConfig field except the shard count, which changes only the order of float sums), copies it into
+`--runs-dir`, and the next `run` evaluates and records it with `adopted_from` naming its origin.
 
 Selection caveat: this grid compares recipes on the official val split, the same images the final
 numbers are reported on. Picking the best recipe by its val Δ makes that Δ optimistic; the table says
@@ -208,6 +214,48 @@ def _share_dense(run: Run, runs: list[Run], data: str, runs_dir: Path, log) -> s
     return None
 
 
+# Fields that do not change what a run computes (only how fast, or how often it logs): ignored by `adopt`.
+# A different shard count sums each batch's gradient in another order, so results agree to float rounding.
+ADOPT_IGNORES = {"shards", "prefetch", "log_every"}
+
+
+def expected_configs(run: Run, data: str, num_classes: int, image_size: int) -> tuple[dict, dict]:
+    """The TrainConfig and (MoE) ModelConfig, as dicts, that `python -m tinymoe.train` builds from the run's flags."""
+    from dataclasses import asdict
+
+    from tinymoe.train import build_parser, model_config, train_config
+
+    args = build_parser().parse_args(command(run, data, Path("unused"), threads=1)[3:])
+    return asdict(train_config(args)), model_config(args, num_classes, image_size).to_dict()
+
+
+def adopt(run: Run, source: Path, data: str, runs_dir: Path, log=print) -> Path:
+    """Copy a finished run made outside the study into runs_dir/<run> after checking its configuration."""
+    results_path = source / "results.json"
+    if not results_path.exists():
+        raise SystemExit(f"adopt: {results_path} does not exist; only a finished run (both stages) can be adopted")
+    found = json.loads(results_path.read_text())
+    if "moe" not in found or "dense" not in found:
+        raise SystemExit(f"adopt: {results_path} has no {'moe' if 'moe' not in found else 'dense'} result; "
+                         "only a finished pair can be adopted")
+    moe_found = found["moe"]["config"]
+    want_train, want_model = expected_configs(run, data, moe_found["num_classes"], moe_found["image_size"])
+    differences = [f"train.{k}: run has {found['train_config'].get(k)!r}, the study wants {v!r}"
+                   for k, v in want_train.items() if k not in ADOPT_IGNORES and found["train_config"].get(k) != v]
+    differences += [f"model.{k}: run has {moe_found.get(k)!r}, the study wants {v!r}"
+                    for k, v in want_model.items() if moe_found.get(k) != v]
+    if differences:
+        raise SystemExit(f"adopt: {source} is not the run {run.name}:\n  " + "\n  ".join(differences))
+    target = runs_dir / run.slug
+    if target.exists():
+        raise SystemExit(f"adopt: {target} exists already; remove it first if it should be replaced")
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("results.json", "last.npz"))
+    shards = found["train_config"].get("shards")
+    (target / "adopted_from.txt").write_text(f"{source.resolve()} (trained with shards={shards})\n")
+    log(f"[{run.name}] adopted {source} -> {target}; `run --only {run.name}` evaluates and records it")
+    return target
+
+
 # --------------------------------------------------------------------------------------------------
 # Running and recording
 # --------------------------------------------------------------------------------------------------
@@ -240,6 +288,9 @@ def record(run: Run, grid_name: str, data: str, cmd: list[str], run_dir: Path, w
         "machine": describe(),
         "wall_seconds_last_invocation": wall,
         "dense_shared_from": shared_from,
+        # Trained outside the study (then `command` only evaluated it): where, and with how many shards.
+        "adopted_from": ((run_dir / "adopted_from.txt").read_text().strip()
+                         if (run_dir / "adopted_from.txt").exists() else None),
         "train_images": results["train_images"],
         "holdout_images": results["holdout_images"],
         "train_config": results["train_config"],
@@ -348,6 +399,7 @@ def table(results: list[dict]) -> str:
         epochs = r["train_config"]["epochs"]
         flops = f"{_fmt(dense.get('flops', 0) / 1e6, '.1f')} / {_fmt(moe.get('flops', 0) / 1e6, '.1f')}"
         shared = " (dense shared)" if r.get("dense_shared_from") else ""
+        shared += " (adopted)" if r.get("adopted_from") else ""
         lines.append(
             f"| {r['name']}{shared} | {_fmt(dense.get('top1'))} | {_fmt(moe.get('top1'))} | "
             f"{_fmt(r.get('delta_top1'), '+.2f')} | {_fmt(moe.get('router_accuracy'), '.1f')} | "
@@ -533,6 +585,11 @@ def main(argv=None) -> int:
     r.add_argument("--threads", type=int, default=2)
     r.add_argument("--only", nargs="*", default=None, help="run only these runs (names as --dry-run lists them)")
     r.add_argument("--dry-run", action="store_true", help="print the runs and their commands, run nothing")
+    a = sub.add_parser("adopt", help="count a finished run made outside the study as one of its runs")
+    a.add_argument("run", help="the planned run it stands for (names as `run --dry-run` lists them)")
+    a.add_argument("--from", dest="source", type=Path, required=True, help="the finished run's --out directory")
+    a.add_argument("--data", default=None, help="as for run (default: the grid's)")
+    a.add_argument("--runs-dir", type=Path, default=RUNS)
     sub.add_parser("table", help="write the results table (Markdown) to RESULTS/table.md and print it")
     sub.add_parser("plots", help="draw Δ vs each factor and train/val curves per run")
     args = parser.parse_args(argv)
@@ -542,6 +599,12 @@ def main(argv=None) -> int:
                           args.threads, args.only, args.dry_run)
         print(f"{len(status['done'])} done, {len(status['skipped'])} finished earlier, {len(status['failed'])} failed")
         return 1 if status["failed"] else 0
+    if args.cmd == "adopt":
+        runs = {r.name: r for r in plan(grid)}
+        if args.run not in runs:
+            raise SystemExit(f"adopt: no run named {args.run!r}; the grid's runs are {sorted(runs)}")
+        adopt(runs[args.run], args.source, args.data or grid.get("data", "tiny-imagenet"), args.runs_dir)
+        return 0
     results = [r for r in load_results(args.results) if r.get("grid") == name]
     if args.cmd == "table":
         text = table(results)

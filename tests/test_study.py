@@ -85,3 +85,28 @@ def test_a_failing_run_records_nothing_and_is_reported(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 1 and "FAILED (exit code 2)" in out and "k=4" in out
     assert not list((tmp_path / "results").glob("*.json"))
+
+
+def test_adopting_a_run_made_outside_the_study(tmp_path, capsys):
+    """A finished pair trained elsewhere counts as a planned run only if its configuration is that run's."""
+    args = ["--grid", "smoke", "--results", str(tmp_path / "elsewhere")]
+    assert study.main(args + ["run", "--runs-dir", str(tmp_path / "a"), "--threads", "1", "--only", "base-seed0"]) == 0
+    source = tmp_path / "a" / "base-seed0"
+    args = ["--grid", "smoke", "--results", str(tmp_path / "results")]
+    runs = ["--runs-dir", str(tmp_path / "b")]
+    # Another planned run's flags (mean-token router input): refused, naming the field that differs.
+    with pytest.raises(SystemExit, match="model.router_input: run has 'class_token'"):
+        study.main(args + ["adopt", "router-input=mean_tokens-seed0", "--from", str(source)] + runs)
+    assert study.main(args + ["adopt", "base-seed0", "--from", str(source)] + runs) == 0
+    with pytest.raises(SystemExit, match="exists already"):
+        study.main(args + ["adopt", "base-seed0", "--from", str(source)] + runs)
+    assert study.main(args + ["run", "--threads", "2", "--only", "base-seed0"] + runs) == 0  # evaluates, no training
+    entry = json.loads((tmp_path / "results" / "base-seed0.json").read_text())
+    original = json.loads((source / "results.json").read_text())
+    assert entry["adopted_from"].startswith(str(source.resolve())) and "shards=1" in entry["adopted_from"]
+    assert entry["dense"]["top1"] == original["dense"]["top1"] and entry["moe"]["top1"] == original["moe"]["top1"]
+    assert len(entry["moe"]["history"]) == 1  # the adopted run's own training history
+    assert study.main(args + ["table"]) == 0
+    assert "base-seed0 (adopted)" in (tmp_path / "results" / "table.md").read_text()
+    with pytest.raises(SystemExit, match="only a finished run"):
+        study.main(args + ["adopt", "base-seed0", "--from", str(tmp_path / "nothing")] + ["--runs-dir", str(tmp_path / "c")])
