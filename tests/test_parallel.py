@@ -17,7 +17,8 @@ from tinymoe.evaluation import predict
 from tinymoe.models import ModelConfig, build_model
 from tinymoe.parallel import ShardPool, shard_bounds
 from tinymoe.tensor import Tensor, is_grad_enabled
-from tinymoe.training import Trainer, TrainConfig, TrainingData, TrainingDiverged
+from tinymoe.training import TrainingDiverged
+from tinymoe.testing.trainers import tiny_trainer
 
 TINY = ModelConfig(layers=3, dim=16, heads=2, image_size=16, patch_size=8, num_classes=6, moe_layers=2, experts=3)
 
@@ -38,13 +39,8 @@ def train():
 
 
 def _trainer(tmp, train, config, dtype=np.float32, **cfg):
-    model = build_model(config, seed=3, dtype=dtype)
-    if config.is_moe and config.routing in ("superclass",):
-        model.set_class_to_group(train.class_to_group)
-    settings = dict(epochs=2, batch_size=12, lr=3e-3, warmup_epochs=0.5, log_every=1, prefetch=0)
-    settings.update(cfg)
-    data = TrainingData(train.images, train.labels, eval_images=train.images[:10], eval_labels=train.labels[:10])
-    return Trainer(model, TrainConfig(**settings), data, tmp, log=lambda *_: None, progress=False)
+    # 12-image batches: 6 steps per epoch, split 6 + 6 over two shards (or 4 + 4 + 4 over three).
+    return tiny_trainer(tmp, train, config, dtype=dtype, **({"epochs": 2, "batch_size": 12} | cfg))
 
 
 def _grads(model):
@@ -169,8 +165,9 @@ def test_shard_pool_raises_a_shards_error_in_the_caller():
         return start
 
     with pytest.raises(ArithmeticError, match=r"shard 1 \[2, 4\)"):
-        pool.run(fn, 4)
-    assert pool.run(lambda i, a, b: (i, a, b), 5) == [(i, a, b) for i, (a, b) in enumerate(shard_bounds(5, 2))]
+        pool.run(fn, pool.bounds(4))
+    assert pool.bounds(5) == shard_bounds(5, 2) == [(0, 2), (2, 5)]
+    assert pool.run(lambda i, a, b: (i, a, b), pool.bounds(5)) == [(0, 0, 2), (1, 2, 5)]
     pool.close()
 
 

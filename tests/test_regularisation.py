@@ -21,7 +21,8 @@ from tinymoe.models.layers import Block, drop_path
 from tinymoe.models.moe import ExpertMlps
 from tinymoe.models.routing import plan_dispatch, top_k
 from tinymoe.tensor import Tensor
-from tinymoe.training import Trainer, TrainConfig, TrainingData
+from tinymoe.training import TrainConfig, TrainingData
+from tinymoe.testing.trainers import tiny_trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "models"))
 from model_helpers import module_gradcheck  # noqa: E402
@@ -331,11 +332,7 @@ def data():
 
 def _trainer(tmp, data, config, **cfg):
     train, training_data = data
-    model = build_model(config, seed=3)
-    if config.routing == "superclass":
-        model.set_class_to_group(train.class_to_group)
-    settings_ = dict(epochs=3, batch_size=16, lr=3e-3, warmup_epochs=0.5, log_every=1, prefetch=0) | cfg
-    return Trainer(model, TrainConfig(**settings_), training_data, tmp, log=lambda *_: None, progress=False)
+    return tiny_trainer(tmp, train, config, training_data, **cfg)
 
 
 @pytest.mark.parametrize("config", [

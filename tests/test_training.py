@@ -16,7 +16,8 @@ from tinymoe.checkpoint import CheckpointError, load_checkpoint
 from tinymoe.data import make_synthetic
 from tinymoe.models import ModelConfig, build_model
 from tinymoe.pipeline import PipelineOptions, load_splits, run_pipeline
-from tinymoe.training import Trainer, TrainConfig, TrainingData, TrainingDiverged, TrainingInterrupted
+from tinymoe.training import TrainConfig, TrainingData, TrainingDiverged, TrainingInterrupted
+from tinymoe.testing.trainers import tiny_trainer
 
 TINY = ModelConfig(layers=2, dim=16, heads=2, image_size=16, patch_size=8, num_classes=6, moe_layers=1, experts=3)
 
@@ -30,12 +31,7 @@ def data():
 
 def _trainer(tmp, data, config=TINY, **cfg):
     train, training_data = data
-    model = build_model(config, seed=3)
-    if config.is_moe and config.routing == "superclass":
-        model.set_class_to_group(train.class_to_group)
-    settings = dict(epochs=3, batch_size=16, lr=3e-3, warmup_epochs=0.5, log_every=1, prefetch=0)
-    settings.update(cfg)
-    return Trainer(model, TrainConfig(**settings), training_data, tmp, log=lambda *_: None, progress=False)
+    return tiny_trainer(tmp, train, config, training_data, **cfg)
 
 
 def _params(model):

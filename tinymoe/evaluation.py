@@ -55,7 +55,7 @@ def predict(
             with no_grad():  # per thread: each shard thread must switch recording off itself
                 return model(x[start:stop])
 
-        return pool.run(shard, x.shape[0])
+        return pool.run(shard, pool.bounds(x.shape[0]))
 
     try:
         for x, _ in loader:

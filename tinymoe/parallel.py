@@ -109,9 +109,11 @@ def _single_threaded_numba() -> None:
 class ShardPool:
     """A pool of `shards` threads that runs one function on each shard of a batch.
 
-    `run(fn, batch)` calls fn(shard_index, start, stop) for every shard on its own thread and returns
-    the results in shard order; an exception in any shard is raised in the caller (after all shards
-    have finished, so none is left running)."""
+    `bounds(batch)` gives the shards' [start, stop) slices of a batch; `run(fn, bounds)` calls
+    fn(shard_index, start, stop) for every slice on its own thread and returns the results in shard order;
+    an exception in any shard is raised in the caller (after all shards have finished, so none is left
+    running). The two are separate so a caller that needs the shard count first (one random generator
+    per shard) computes the slices once."""
 
     def __init__(self, shards: int):
         if not isinstance(shards, int) or shards < 1:
@@ -123,8 +125,10 @@ class ShardPool:
             self._executor = ThreadPoolExecutor(max_workers=shards, thread_name_prefix="tinymoe-shard",
                                                 initializer=_single_threaded_numba)
 
-    def run(self, fn: Callable[[int, int, int], Any], batch: int) -> list:
-        bounds = shard_bounds(batch, self.shards)
+    def bounds(self, batch: int) -> list[tuple[int, int]]:
+        return shard_bounds(batch, self.shards)
+
+    def run(self, fn: Callable[[int, int, int], Any], bounds: list[tuple[int, int]]) -> list:
         if self._executor is None or len(bounds) == 1:
             return [fn(i, a, b) for i, (a, b) in enumerate(bounds)]
         futures = [self._executor.submit(fn, i, a, b) for i, (a, b) in enumerate(bounds)]

@@ -56,7 +56,7 @@ from tinymoe.data.augment import Augmentation, dominant_labels
 from tinymoe.data.batches import IMAGENET_MEAN, IMAGENET_STD, BatchLoader
 from tinymoe.evaluation import evaluate
 from tinymoe.optim import AdamW, warmup_cosine_lr
-from tinymoe.parallel import ShardPool, add_gradients, check_shardable, replicate, shard_bounds, sync_replicas
+from tinymoe.parallel import ShardPool, add_gradients, check_shardable, replicate, sync_replicas
 from tinymoe.tensor import Tensor
 
 
@@ -489,8 +489,8 @@ class Trainer:
         n = x.shape[0]
         # One generator per shard for its random masks, seeded from the run's generator (checkpointed):
         # reproducible for a given number of shards.
-        count = len(shard_bounds(n, self.cfg.shards))
-        rngs = [np.random.default_rng(seed) for seed in self.rng.integers(2**63, size=count)]
+        bounds = self.pool.bounds(n)
+        rngs = [np.random.default_rng(seed) for seed in self.rng.integers(2**63, size=len(bounds))]
         models = [self.model, *self.replicas]
         sync_replicas(self.model, self.replicas)
         self.optimizer.zero_grad()
@@ -500,7 +500,7 @@ class Trainer:
             values, out = self._forward_backward(models[index], x[start:stop], y[start:stop], rngs[index], share)
             return share, values, out
 
-        results = self.pool.run(shard, n)
+        results = self.pool.run(shard, bounds)
         add_gradients(self.model, self.replicas[: len(results) - 1])
         values = {key: sum(share * v[key] for share, v, _ in results) for key in results[0][1]}
         return values, ShardedOutput([out for _, _, out in results])
