@@ -85,7 +85,10 @@ GRIDS = {
             "init": {"pytorch": {}, "timm": {"init": "timm"}},
             "regularisation": {"crop+flip": {}, "light": {"randaugment": 2, "drop-path": 0.1}, "deit": DEIT},
             "expert-dropout": {"0": {}, "0.2": {"expert-dropout": 0.2}},
-            "upcycle": {"no": {}, "yes": {"upcycle": True}},
+            # dense-continued: the comparator of upcycling at equal training. An upcycled MoE with one expert is
+            # the dense model trained on for the MoE stage's epochs with the same schedule (its gate is 1 and
+            # its router loss 0; tested), so upcycle=yes is measured against this run's MoE, not only dense.
+            "upcycle": {"no": {}, "yes": {"upcycle": True}, "dense-continued": {"upcycle": True, "experts": 1}},
             "routing-in-training": {"router": {}, "true-superclass": {"teacher-forcing": True}},
             "k": {"1": {}, "2": {"k": 2}},
             "experts": {"10": {}, "4": {"experts": 4}, "6": {"experts": 6}},

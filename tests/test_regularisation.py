@@ -247,6 +247,32 @@ def test_upcycled_moe_with_k1_is_the_dense_model_with_gate_scaled_mlps():
     np.testing.assert_array_equal(out.routing.gates.data[:, 0], gates)
 
 
+@settings(max_examples=5)
+@given(seed=st.integers(0, 99))
+def test_an_upcycled_one_expert_moe_trains_exactly_like_the_dense_model(seed):
+    """E = k = 1: the gate is softmax over one expert = 1 and the router loss is -log 1 = 0, so the
+    upcycled MoE has the dense model's loss and every shared weight gets the dense model's gradient; the
+    lone expert gets its MLP's. The study uses this as "dense, trained on for as long as the upcycled MoE"."""
+    config = _config(experts=1, k=1)
+    dense = _dense(config, seed)
+    moe = upcycle(dense, config, seed=seed + 1)
+    moe.set_class_to_group(np.zeros(config.num_classes, dtype=np.int64))  # one superclass holding every class
+    x, labels = _images(config, 4, seed), np.random.default_rng(seed).integers(0, config.num_classes, 4)
+    terms = {}
+    for name, model in (("dense", dense), ("moe", moe)):
+        terms[name] = model.loss(model(x), labels, label_smoothing=0.1)
+        terms[name].total.backward()
+    assert terms["moe"].router == pytest.approx(0.0, abs=1e-12)
+    assert terms["moe"].total.item() == pytest.approx(terms["dense"].total.item(), rel=1e-12)
+    grads = {name: p.grad for name, p in moe.named_parameters()}
+    for name, p in dense.named_parameters():
+        if name in grads:
+            np.testing.assert_allclose(grads[name], p.grad, rtol=1e-9, atol=1e-12, err_msg=name)
+    for i in range(config.dense_layers, config.layers):
+        np.testing.assert_allclose(grads[f"blocks.{i}.experts.fc1_weight"][0], dense.blocks[i].mlp.fc1.weight.grad,
+                                   rtol=1e-9, atol=1e-12)
+
+
 def test_upcycle_copies_shared_weights_and_experts_and_leaves_the_router_fresh():
     config = _config(experts=4)
     dense = _dense(config, 5)

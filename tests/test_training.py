@@ -276,3 +276,16 @@ def test_the_command_line_tools_default_to_the_numba_kernels(monkeypatch):
     monkeypatch.setenv("TINYMOE_KERNELS", "reference")
     apply_threads(1)
     assert os.environ["TINYMOE_KERNELS"] == "reference"  # an explicit choice wins
+
+
+def test_uneven_expert_load_is_reported_but_a_single_expert_is_not(tmp_path, data):
+    trainer = _trainer(tmp_path, data)
+    lines = []
+    trainer.log = lines.append
+    for counts in ([3, 3, 4], [10]):  # balanced; one expert (dense continued training) has nothing to balance
+        trainer._warn_on_collapse(0, np.array(counts))
+    assert lines == []
+    trainer._warn_on_collapse(0, np.array([5, 0, 3]))
+    trainer._warn_on_collapse(2, np.array([9, 1, 0]))
+    assert "epoch 1: 1 of 3 experts got no images; the busiest expert got 62%" in lines[0]
+    assert "epoch 3: 1 of 3 experts got no images; the busiest expert got 90%" in lines[1] and "Expert collapse" in lines[1]

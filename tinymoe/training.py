@@ -514,6 +514,8 @@ class Trainer:
 
     def _warn_on_collapse(self, epoch: int, counts: np.ndarray) -> None:
         """Expert collapse (most images to one or two experts) is the classic MoE failure: say so."""
+        if counts.size == 1:  # one expert (e.g. dense continued training through upcycling): nothing to balance
+            return
         share = counts / max(counts.sum(), 1)
         idle = int(np.sum(counts == 0))
         if idle or share.max() > 0.5:
