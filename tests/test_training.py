@@ -196,14 +196,19 @@ def test_evaluate_cli_scores_a_checkpoint(tmp_path):
     assert subprocess.run(train, capture_output=True, timeout=300).returncode == 0
     for stage, router in (("dense", False), ("moe-superclass", True)):
         done = subprocess.run([sys.executable, "-m", "tinymoe.evaluate", str(tmp_path / stage / "model.npz"),
-                               "--data", "synthetic", "--json", "--threads", "1"],
+                               "--data", "synthetic", "--json", "--threads", "1"] + (["--oracle"] if router else []),
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         result = json.loads(done.stdout)
         assert result["images"] == 270 and 0 <= result["top1"] <= result["top5"] <= 100
         assert (result["router_accuracy"] is not None) == router
+        assert (result["oracle_top1"] is not None) == router
         if router:
             assert sum(result["expert_counts"]) == 270
+    # A dense model has no router to replace: --oracle is refused, with the reason.
+    done = subprocess.run([sys.executable, "-m", "tinymoe.evaluate", str(tmp_path / "dense" / "model.npz"),
+                           "--data", "synthetic", "--oracle", "--threads", "1"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.startswith("error: --oracle") and "Traceback" not in done.stderr
 
 
 def test_evaluate_cli_reports_a_corrupt_checkpoint(tmp_path):

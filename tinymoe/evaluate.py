@@ -22,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=None)
     p.add_argument("-b", "--batch-size", type=int, default=256)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--oracle", action="store_true",
+                   help="Mobile V-MoE: also evaluate with every image routed to its true superclass's expert")
     p.add_argument("--threads", type=int, default=None, help="cores to use (default: all): each batch is split over this many threads")
     return p
 
@@ -39,6 +41,10 @@ def main(argv=None) -> int:
     try:
         model = load_model(args.checkpoint)
         c = model.config
+        if args.oracle and (not c.is_moe or c.routing == "token" or model.class_to_group is None):
+            print(f"error: --oracle routes each image to its superclass's expert; {args.checkpoint} is "
+                  f"{c.describe()} without per-image superclasses. Leave --oracle out for this model", file=sys.stderr)
+            return 2
         splits = load_splits(args.data, experts=c.experts, cache_dir=args.cache_dir)
         if splits.num_classes != c.num_classes or splits.image_size != c.image_size:
             raise DatasetFormatError(
@@ -48,7 +54,7 @@ def main(argv=None) -> int:
         images, labels = (
             (splits.val_images, splits.val_labels) if args.split == "val" else (splits.train_images, splits.train_labels)
         )
-        result = evaluate(model, images, labels, batch_size=args.batch_size, shards=shards).as_dict()
+        result = evaluate(model, images, labels, batch_size=args.batch_size, shards=shards, oracle=args.oracle).as_dict()
     except (CheckpointError, DatasetFormatError, DatasetNotFoundError, ImageDecodeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -62,6 +68,11 @@ def main(argv=None) -> int:
     print(f"top-1 {result['top1']:.2f}%   top-5 {result['top5']:.2f}%   loss {result['loss']:.4f}")
     if result["router_accuracy"] is not None:
         print(f"router picks the image's superclass: {result['router_accuracy']:.2f}%")
+        right, wrong = result["top1_routed_right"], result["top1_routed_wrong"]
+        print("top-1 on the images routed to their superclass: " + ("-" if right is None else f"{right:.2f}%")
+              + ", on the others: " + ("-" if wrong is None else f"{wrong:.2f}%"))
+    if result["oracle_top1"] is not None:
+        print(f"top-1 with every image routed to its true superclass (oracle): {result['oracle_top1']:.2f}%")
     if result["expert_counts"] is not None:
         print(f"images per expert: {result['expert_counts']}")
     return 0

@@ -32,37 +32,53 @@ class EvalResult:
     top5: float  # percent
     router_accuracy: float | None  # percent of images whose top-1 expert is their superclass
     expert_counts: list[int] | None
+    # Per-image routing with superclasses only (else None). Where the router's mistakes cost accuracy:
+    top1_routed_right: float | None = None  # top-1 (%) on the images the router sent to their superclass
+    top1_routed_wrong: float | None = None  # ... and on the others
+    oracle_top1: float | None = None  # top-1 (%) with every image sent to its true superclass (oracle=True)
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
 def predict(
-    model, images: np.ndarray, batch_size: int = 256, mean=IMAGENET_MEAN, std=IMAGENET_STD, shards: int = 1
+    model, images: np.ndarray, batch_size: int = 256, mean=IMAGENET_MEAN, std=IMAGENET_STD, shards: int = 1,
+    experts: np.ndarray | None = None,
 ) -> Predictions:
     """Run `model` in eval mode over uint8 images (N, H, W, 3); restores the model's previous mode.
 
     `shards` > 1 splits every batch into that many slices run on as many threads (see tinymoe.parallel):
-    an eval-mode forward pass changes nothing in the model, so the threads share it as it is."""
+    an eval-mode forward pass changes nothing in the model, so the threads share it as it is.
+    `experts` (N,) int: route image i to expert experts[i] instead of the router's choice (per-image
+    routing; see VisionTransformer.forward)."""
+    if experts is not None:
+        experts = np.asarray(experts, dtype=np.int64)
+        if experts.shape != (images.shape[0],):
+            raise ValueError(f"predict: experts must give one expert per image, shape ({images.shape[0]},); "
+                             f"got {experts.shape}")
     loader = BatchLoader(images, np.zeros(images.shape[0], np.int64), batch_size, shuffle=False, mean=mean, std=std)
     pool = ShardPool(shards)
     was_training = model.training
     model.eval()
-    logits, experts, counts = [], [], None
+    logits, routed, counts = [], [], None
 
-    def run(x):
+    def run(x, offset):
         def shard(_index, start, stop):
+            chosen = None if experts is None else experts[offset + start: offset + stop]
             with no_grad():  # per thread: each shard thread must switch recording off itself
-                return model(x[start:stop])
+                return model(x[start:stop], experts=chosen)
 
         return pool.run(shard, pool.bounds(x.shape[0]))
 
     try:
+        offset = 0  # the loader keeps dataset order (shuffle=False): batch images start at `offset`
         for x, _ in loader:
-            for out in run(x):  # the shards' outputs, in batch order
+            outputs = run(x, offset)
+            offset += x.shape[0]
+            for out in outputs:  # the shards' outputs, in batch order
                 logits.append(out.logits.data)
                 if out.routing is not None:
-                    experts.append(out.routing.experts)
+                    routed.append(out.routing.experts)
                 batch_counts = out.expert_counts()
                 if batch_counts is not None:
                     counts = batch_counts if counts is None else counts + batch_counts
@@ -72,7 +88,7 @@ def predict(
     num_classes = model.config.num_classes
     return Predictions(
         logits=np.concatenate(logits) if logits else np.zeros((0, num_classes), np.float32),
-        experts=np.concatenate(experts) if experts else None,
+        experts=np.concatenate(routed) if routed else None,
         expert_counts=counts,
     )
 
@@ -98,25 +114,41 @@ def cross_entropy_np(logits: np.ndarray, labels: np.ndarray) -> float:
 
 def evaluate(
     model, images: np.ndarray, labels: np.ndarray, batch_size: int = 256, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-    shards: int = 1,
+    shards: int = 1, oracle: bool = False,
 ) -> EvalResult:
-    """Accuracy, loss and routing statistics of `model` on (images uint8 (N, H, W, 3), labels (N,))."""
+    """Accuracy, loss and routing statistics of `model` on (images uint8 (N, H, W, 3), labels (N,)).
+
+    For a Mobile V-MoE with superclasses it also splits top-1 by whether the router sent the image to its
+    superclass's expert, and with `oracle=True` runs the images again with each one sent there (the
+    router's gate values kept): how much a perfect router would add."""
     labels = np.asarray(labels, dtype=np.int64)
     if labels.shape != (images.shape[0],):
         raise ValueError(f"evaluate: {images.shape[0]} images but labels of shape {labels.shape}")
     pred = predict(model, images, batch_size, mean, std, shards=shards)
     top1, top5 = accuracy_from_logits(pred.logits, labels)
-    router_acc = None
+    routing = {}
     groups = getattr(model, "class_to_group", None)
     if pred.experts is not None and groups is not None and labels.size:
-        router_acc = float(np.mean(pred.experts[:, 0] == np.asarray(groups)[labels]) * 100)
+        truth = np.asarray(groups)[labels]  # (N,) each image's superclass = its expert under superclass routing
+        right = pred.experts[:, 0] == truth
+        correct = np.argmax(pred.logits, axis=1) == labels
+        routing["router_accuracy"] = float(np.mean(right) * 100)
+        routing["top1_routed_right"] = float(np.mean(correct[right]) * 100) if right.any() else None
+        routing["top1_routed_wrong"] = float(np.mean(correct[~right]) * 100) if (~right).any() else None
+        if oracle:
+            forced = predict(model, images, batch_size, mean, std, shards=shards, experts=truth)
+            routing["oracle_top1"] = accuracy_from_logits(forced.logits, labels)[0]
+    elif oracle:
+        raise ValueError("evaluate(oracle=True) needs a per-image-routed MoE with superclasses "
+                         "(model.class_to_group); this model has none")
     return EvalResult(
         images=int(labels.size),
         loss=cross_entropy_np(pred.logits, labels),
         top1=top1,
         top5=top5,
-        router_accuracy=router_acc,
+        router_accuracy=routing.pop("router_accuracy", None),
         expert_counts=None if pred.expert_counts is None else [int(c) for c in pred.expert_counts],
+        **routing,
     )
 
 

@@ -231,15 +231,20 @@ class VisionTransformer(Module):
         x = ops.concatenate([cls, x], axis=1)  # (B, N, D)
         return x + self.pos_embed
 
-    def forward(self, images, rng: np.random.Generator | None = None, labels=None) -> ModelOutput:
+    def forward(self, images, rng: np.random.Generator | None = None, labels=None, experts=None) -> ModelOutput:
         """Logits and routing statistics for a batch of channel-last images (B, H, W, C).
 
         `rng` drives everything random in training mode (default: `self.rng`): the router noise of token
         routing, the stochastic-depth masks and the expert-dropout masks. `labels` (B,) int are needed
         only in training with `config.teacher_forcing` (each image is routed to its label's superclass);
-        otherwise they are ignored.
+        otherwise they are ignored. `experts` (B,) int, per-image routing only, in any mode: each image's
+        first expert, chosen by the caller instead of the router (gates stay the router's probabilities),
+        e.g. its true superclass for "oracle routing" (`tinymoe.evaluation.evaluate(..., oracle=True)`).
         """
         c = self.config
+        if experts is not None and (not c.is_moe or c.routing == "token"):
+            what = "a dense model" if not c.is_moe else "routing='token' (one choice per token, not per image)"
+            raise ValueError(f"experts=: choosing each image's expert needs per-image routing; this is {what}")
         rng = self.rng if rng is None else rng
         x = self.embed(images)
         routing, token_routing = None, []
@@ -255,7 +260,8 @@ class VisionTransformer(Module):
                 token_routing.append(r)
             else:
                 if routing is None:  # after the last dense block: one decision per image, for all MoE blocks
-                    routing = self.router(x, forced=self._forced_experts(labels, x.shape[0]))
+                    forced = self._forced_experts(labels, x.shape[0]) if experts is None else experts
+                    routing = self.router(x, forced=forced)
                 x = block(x, routing, rng)
         cls = self.norm(x[:, 0])  # (B, D): only the class token is classified, so only it is normalised
         return ModelOutput(self.head(cls), routing, token_routing)
