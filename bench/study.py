@@ -362,6 +362,51 @@ def run_grid(grid: dict, grid_name: str, data: str, runs_dir: Path, results_dir:
     return status
 
 
+def analyse_routing(results_dir: Path, runs_dir: Path, log=print) -> list[str]:
+    """Backfill what the router's mistakes cost for runs recorded before the pipeline measured it.
+
+    For every recorded run whose MoE routes per image by superclasses and lacks `oracle_top1`: load its
+    checkpoint from runs_dir, reload the exact data it was trained on (the checkpoint's metadata), and
+    evaluate on val: top-1 split by routed right / wrong, and with every image sent to its true
+    superclass's expert. The plain top-1 must equal the recorded one (same model, same images), else stop."""
+    from tinymoe.checkpoint import load_checkpoint, load_model
+    from tinymoe.evaluation import evaluate
+    from tinymoe.pipeline import load_splits
+
+    updated, splits_cache = [], {}
+    for path in sorted(results_dir.glob("*.json")):
+        entry = json.loads(path.read_text())
+        moe = entry.get("moe")
+        routing = entry.get("flags", {}).get("routing", "superclass")
+        if not moe or moe.get("oracle_top1") is not None or routing not in ("superclass", "random"):
+            continue
+        slug = re.sub(r"[^A-Za-z0-9=.,_+-]", "_", entry["name"])
+        checkpoint = runs_dir / slug / f"moe-{routing}" / "model.npz"
+        if not checkpoint.exists():
+            log(f"[{entry['name']}] no checkpoint at {checkpoint}: skipped")
+            continue
+        load_args = load_checkpoint(checkpoint).metadata["data"]
+        key = json.dumps(load_args, sort_keys=True)
+        if key not in splits_cache:
+            splits_cache[key] = load_splits(**load_args)
+        splits = splits_cache[key]
+        model = load_model(checkpoint)
+        result = evaluate(model, splits.val_images, splits.val_labels, oracle=True).as_dict()
+        if abs(result["top1"] - moe["top1"]) > 1e-9:
+            raise SystemExit(f"[{entry['name']}] {checkpoint} scores {result['top1']:.2f}% on val, the record says "
+                             f"{moe['top1']:.2f}%: not the recorded model, or other data; nothing written")
+        for key_ in ("top1_routed_right", "top1_routed_wrong", "oracle_top1"):
+            moe[key_] = result[key_]
+        moe["routing_analysis"] = f"python bench/study.py routing --runs-dir {runs_dir} (checkpoint {checkpoint})"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(entry, indent=2) + "\n")
+        tmp.replace(path)
+        updated.append(entry["name"])
+        log(f"[{entry['name']}] top-1 {result['top1']:.2f}%: routed right {_fmt(result['top1_routed_right'])}%, "
+            f"wrong {_fmt(result['top1_routed_wrong'])}%, oracle {_fmt(result['oracle_top1'])}%")
+    return updated
+
+
 # --------------------------------------------------------------------------------------------------
 # The table
 # --------------------------------------------------------------------------------------------------
@@ -392,11 +437,13 @@ def table(results: list[dict]) -> str:
     """Markdown: one row per run, then Δ over seeds per recipe (when a recipe has several seeds)."""
     if not results:
         raise SystemExit("no study results yet: run `python bench/study.py run` first")
-    header = ("| run | dense top-1 | MoE top-1 | Δ | router acc | train top-1 dense / MoE | train loss dense / MoE | "
+    header = ("| run | dense top-1 | MoE top-1 | Δ | router acc | MoE top-1 routed right / wrong | oracle | "
+              "train top-1 dense / MoE | train loss dense / MoE | "
               "busiest expert / idle | MFLOPs dense / MoE | epochs | hours (both stages) |")
     lines = ["Top-1 on the val split (%); Δ = MoE − dense. Train top-1 and train loss: the last epoch's means over "
              "the augmented (regularised) training batches, so comparable between the two models of a run but not "
-             "across recipes; the MoE's loss includes its 0.3 × router cross-entropy. Expert load on val.", "",
+             "across recipes; the MoE's loss includes its 0.3 × router cross-entropy. Expert load on val. Oracle: the "
+             "MoE's top-1 with every val image sent to its true superclass's expert (what a perfect router would give).", "",
              header, "|" + "---|" * (header.count("|") - 1)]
     for r in results:
         dense, moe = r.get("dense", {}), r.get("moe", {})
@@ -408,6 +455,8 @@ def table(results: list[dict]) -> str:
         lines.append(
             f"| {r['name']}{shared} | {_fmt(dense.get('top1'))} | {_fmt(moe.get('top1'))} | "
             f"{_fmt(r.get('delta_top1'), '+.2f')} | {_fmt(moe.get('router_accuracy'), '.1f')} | "
+            f"{_fmt(moe.get('top1_routed_right'), '.1f')} / {_fmt(moe.get('top1_routed_wrong'), '.1f')} | "
+            f"{_fmt(moe.get('oracle_top1'))} | "
             f"{_fmt(_final(r, 'dense', 'train_top1'), '.1f')} / {_fmt(_final(r, 'moe', 'train_top1'), '.1f')} | "
             f"{_fmt(_final(r, 'dense', 'train_loss'), '.3f')} / {_fmt(_final(r, 'moe', 'train_loss'), '.3f')} | "
             f"{expert_load(moe.get('expert_counts'))} | {flops} | {epochs} | {seconds / 3600:.1f} |"
@@ -596,6 +645,8 @@ def main(argv=None) -> int:
     a.add_argument("--from", dest="source", type=Path, required=True, help="the finished run's --out directory")
     a.add_argument("--data", default=None, help="as for run (default: the grid's)")
     a.add_argument("--runs-dir", type=Path, default=RUNS)
+    g = sub.add_parser("routing", help="backfill top-1 by routed right/wrong and the oracle's top-1 of recorded runs")
+    g.add_argument("--runs-dir", type=Path, default=RUNS)
     sub.add_parser("table", help="write the results table (Markdown) to RESULTS/table.md and print it")
     sub.add_parser("plots", help="draw Δ vs each factor and train/val curves per run")
     args = parser.parse_args(argv)
@@ -605,6 +656,10 @@ def main(argv=None) -> int:
                           args.threads, args.only, args.dry_run)
         print(f"{len(status['done'])} done, {len(status['skipped'])} finished earlier, {len(status['failed'])} failed")
         return 1 if status["failed"] else 0
+    if args.cmd == "routing":
+        updated = analyse_routing(args.results, args.runs_dir)
+        print(f"{len(updated)} runs updated")
+        return 0
     if args.cmd == "adopt":
         runs = {r.name: r for r in plan(grid)}
         if args.run not in runs:

@@ -108,5 +108,18 @@ def test_adopting_a_run_made_outside_the_study(tmp_path, capsys):
     assert len(entry["moe"]["history"]) == 1  # the adopted run's own training history
     assert study.main(args + ["table"]) == 0
     assert "base-seed0 (adopted)" in (tmp_path / "results" / "table.md").read_text()
+    # `routing` backfills the router analysis of runs recorded before the pipeline measured it, from their
+    # checkpoints: here the same numbers the pipeline recorded.
+    path = tmp_path / "results" / "base-seed0.json"
+    keys = ("top1_routed_right", "top1_routed_wrong", "oracle_top1")
+    assert entry["moe"]["oracle_top1"] is not None  # (routed right or wrong may be empty: None)
+    for k in keys:
+        del entry["moe"][k]
+    path.write_text(json.dumps(entry))
+    assert study.main(args + ["routing"] + runs) == 0
+    again = json.loads(path.read_text())
+    assert {k: again["moe"][k] for k in keys} == {k: original["moe"][k] for k in keys}
+    assert "checkpoint" in again["moe"]["routing_analysis"]
+    assert study.main(args + ["routing"] + runs) == 0 and "0 runs updated" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="only a finished run"):
         study.main(args + ["adopt", "base-seed0", "--from", str(tmp_path / "nothing")] + ["--runs-dir", str(tmp_path / "c")])
