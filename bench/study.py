@@ -435,6 +435,28 @@ def _fmt(value, spec=".2f", suffix="") -> str:
     return "-" if value is None else f"{value:{spec}}{suffix}"
 
 
+def upcycling_table(results: list[dict]) -> list[str]:
+    """Upcycled MoE against the dense model trained on for as long (the run with upcycle=dense-continued
+    and otherwise the same levels and seed): the comparison at equal training, where plain Δ is not."""
+    def key(r, level):
+        return json.dumps({**r["levels"], "upcycle": level, "seed": r["seed"]}, sort_keys=True)
+
+    continued = {key(r, "dense-continued"): r for r in results if r.get("levels", {}).get("upcycle") == "dense-continued"}
+    rows = []
+    for r in results:
+        other = continued.get(key(r, "dense-continued")) if r.get("levels", {}).get("upcycle") == "yes" else None
+        if other is None or "moe" not in r or "moe" not in other:
+            continue
+        a, b = r["moe"]["top1"], other["moe"]["top1"]
+        rows.append(f"| {r['name']} | {r['dense']['top1']:.2f} | {b:.2f} | {a:.2f} | {a - b:+.2f} |")
+    if not rows:
+        return []
+    return ["", "Upcycling at equal training: the upcycled MoE (dense stage + MoE stage) against the same dense model "
+            "trained on through an identical second stage (an upcycled one-expert MoE, run upcycle=dense-continued).", "",
+            "| run | dense after stage 1 | dense after stage 2 | upcycled MoE after stage 2 | MoE − dense (stage 2) |",
+            "|---|---|---|---|---|", *rows]
+
+
 def table(results: list[dict]) -> str:
     """Markdown: one row per run, then Δ over seeds per recipe (when a recipe has several seeds)."""
     if not results:
@@ -475,6 +497,7 @@ def table(results: list[dict]) -> str:
             mean = sum(deltas) / n
             std = (sum((d - mean) ** 2 for d in deltas) / (n - 1)) ** 0.5 if n > 1 else float("nan")
             lines.append(f"| {recipe} | {n} | {mean:+.2f} | {std:.2f} | {min(deltas):+.2f} .. {max(deltas):+.2f} |")
+    lines += upcycling_table(results)
     lines += ["", "These recipes are compared on the val split itself: choosing the best by its Δ makes that Δ "
               "optimistic (selection on the test set); re-run a winner with new seeds before claiming it."]
     return "\n".join(lines) + "\n"

@@ -123,3 +123,16 @@ def test_adopting_a_run_made_outside_the_study(tmp_path, capsys):
     assert study.main(args + ["routing"] + runs) == 0 and "0 runs updated" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="only a finished run"):
         study.main(args + ["adopt", "base-seed0", "--from", str(tmp_path / "nothing")] + ["--runs-dir", str(tmp_path / "c")])
+
+
+def test_upcycled_runs_are_compared_with_dense_trained_on_for_as_long():
+    def entry(upcycle, seed, dense, moe):
+        return {"name": f"upcycle={upcycle}-seed{seed}", "seed": seed, "levels": {"upcycle": upcycle, "k": "1"},
+                "dense": {"top1": dense}, "moe": {"top1": moe}}
+
+    results = [entry("yes", 0, 25.0, 27.5), entry("dense-continued", 0, 25.0, 28.6),
+               entry("yes", 1, 25.1, 27.0)]  # seed 1 has no comparator yet: no row
+    lines = study.upcycling_table(results)
+    rows = [line for line in lines if line.startswith("| upcycle=")]
+    assert rows == ["| upcycle=yes-seed0 | 25.00 | 28.60 | 27.50 | -1.10 |"]
+    assert study.upcycling_table(results[1:2]) == []
