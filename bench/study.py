@@ -364,10 +364,14 @@ def run_grid(grid: dict, grid_name: str, data: str, runs_dir: Path, results_dir:
     return status
 
 
-def analyse_routing(results_dir: Path, runs_dir: Path, log=print) -> list[str]:
+ORACLE_DEFINITION = "each val image sent to its true superclass's expert, gated by the router's top probability"
+
+
+def analyse_routing(results_dir: Path, runs_dir: Path, force: bool = False, log=print) -> list[str]:
     """Backfill what the router's mistakes cost for runs recorded before the pipeline measured it.
 
-    For every recorded run whose MoE routes per image by superclasses and lacks `oracle_top1`: load its
+    For every recorded run whose MoE routes per image by superclasses and lacks `oracle_top1` (every
+    such run with `force`, e.g. after the oracle's definition changed): load its
     checkpoint from runs_dir, reload the exact data it was trained on (the checkpoint's metadata), and
     evaluate on val: top-1 split by routed right / wrong, and with every image sent to its true
     superclass's expert. The plain top-1 must equal the recorded one (same model, same images), else stop."""
@@ -380,7 +384,7 @@ def analyse_routing(results_dir: Path, runs_dir: Path, log=print) -> list[str]:
         entry = json.loads(path.read_text())
         moe = entry.get("moe")
         routing = entry.get("flags", {}).get("routing", "superclass")
-        if not moe or moe.get("oracle_top1") is not None or routing not in ("superclass", "random"):
+        if not moe or routing not in ("superclass", "random") or (moe.get("oracle_top1") is not None and not force):
             continue
         slug = re.sub(r"[^A-Za-z0-9=.,_+-]", "_", entry["name"])
         checkpoint = runs_dir / slug / f"moe-{routing}" / "model.npz"
@@ -399,6 +403,7 @@ def analyse_routing(results_dir: Path, runs_dir: Path, log=print) -> list[str]:
                              f"{moe['top1']:.2f}%: not the recorded model, or other data; nothing written")
         for key_ in ("top1_routed_right", "top1_routed_wrong", "oracle_top1"):
             moe[key_] = result[key_]
+        moe["oracle_definition"] = ORACLE_DEFINITION
         moe["routing_analysis"] = f"python bench/study.py routing --runs-dir {runs_dir} (checkpoint {checkpoint})"
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(entry, indent=2) + "\n")
@@ -672,6 +677,7 @@ def main(argv=None) -> int:
     a.add_argument("--runs-dir", type=Path, default=RUNS)
     g = sub.add_parser("routing", help="backfill top-1 by routed right/wrong and the oracle's top-1 of recorded runs")
     g.add_argument("--runs-dir", type=Path, default=RUNS)
+    g.add_argument("--force", action="store_true", help="recompute runs that have the numbers already")
     sub.add_parser("table", help="write the results table (Markdown) to RESULTS/table.md and print it")
     sub.add_parser("plots", help="draw Δ vs each factor and train/val curves per run")
     args = parser.parse_args(argv)
@@ -682,7 +688,7 @@ def main(argv=None) -> int:
         print(f"{len(status['done'])} done, {len(status['skipped'])} finished earlier, {len(status['failed'])} failed")
         return 1 if status["failed"] else 0
     if args.cmd == "routing":
-        updated = analyse_routing(args.results, args.runs_dir)
+        updated = analyse_routing(args.results, args.runs_dir, force=args.force)
         print(f"{len(updated)} runs updated")
         return 0
     if args.cmd == "adopt":

@@ -41,6 +41,28 @@ def test_forcing_the_routers_own_choice_changes_nothing_and_another_choice_does(
         predict(moe, images, experts=chosen[:5])
 
 
+def test_a_chosen_expert_is_gated_by_the_routers_confidence_in_its_own_pick(data):
+    """Teacher forcing gates the forced expert by its own probability (the router learns through it);
+    a caller's choice (`experts=`) gets the router's top probabilities instead, so an expert the router
+    ranked low is not silenced by a tiny gate. With k = 2 the second choice is the router's best other."""
+    model = build_model(TINY.replace(k=2), seed=3, dtype=np.float64)
+    model.eval()
+    x = data.images[:6].astype(np.float64)
+    own = model(x).routing
+    probs = own.probs.data
+    last = np.argsort(probs, axis=1)[:, 0]  # each image's least likely expert
+    forced = model(x, experts=last).routing
+    np.testing.assert_array_equal(forced.experts[:, 0], last)
+    np.testing.assert_allclose(forced.gates.data, np.sort(probs, axis=1)[:, ::-1][:, :2], rtol=1e-12)
+    tokens = model.embed(x)
+    for block in list(model.blocks)[: model.config.dense_layers]:
+        tokens = block(tokens)  # what the router reads: the tokens after the last dense block
+    teacher = model.router(tokens, forced=last)  # gates_from="choice": the forced expert's own probability
+    np.testing.assert_allclose(teacher.gates.data[:, 0], probs[np.arange(6), last], rtol=1e-12)
+    with pytest.raises(ValueError, match="gates_from must be"):
+        model.router(tokens, forced=last, gates_from="uniform")
+
+
 def test_choosing_experts_needs_per_image_routing(data):
     for config, what in ((TINY.dense(), "a dense model"), (TINY.replace(routing="token"), "routing='token'")):
         model = build_model(config, seed=0)

@@ -121,6 +121,7 @@ def test_adopting_a_run_made_outside_the_study(tmp_path, capsys):
     assert {k: again["moe"][k] for k in keys} == {k: original["moe"][k] for k in keys}
     assert "checkpoint" in again["moe"]["routing_analysis"]
     assert study.main(args + ["routing"] + runs) == 0 and "0 runs updated" in capsys.readouterr().out
+    assert study.main(args + ["routing", "--force"] + runs) == 0 and "1 runs updated" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="only a finished run"):
         study.main(args + ["adopt", "base-seed0", "--from", str(tmp_path / "nothing")] + ["--runs-dir", str(tmp_path / "c")])
 

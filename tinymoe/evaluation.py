@@ -119,8 +119,8 @@ def evaluate(
     """Accuracy, loss and routing statistics of `model` on (images uint8 (N, H, W, 3), labels (N,)).
 
     For a Mobile V-MoE with superclasses it also splits top-1 by whether the router sent the image to its
-    superclass's expert, and with `oracle=True` runs the images again with each one sent there (the
-    router's gate values kept): how much a perfect router would add."""
+    superclass's expert, and with `oracle=True` runs the images again with each one sent there, gated by
+    the router's confidence in its own pick: how much a router that always picked the superclass would add."""
     labels = np.asarray(labels, dtype=np.int64)
     if labels.shape != (images.shape[0],):
         raise ValueError(f"evaluate: {images.shape[0]} images but labels of shape {labels.shape}")

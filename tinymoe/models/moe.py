@@ -169,12 +169,18 @@ class ImageRouter(Module):
         self.k, self.router_input = k, router_input
         self.weight = Parameter(truncated_normal(rng, (dim, experts), dtype=dtype))  # (D, E)
 
-    def forward(self, x: Tensor, forced: np.ndarray | None = None) -> ImageRouting:
+    def forward(self, x: Tensor, forced: np.ndarray | None = None, gates_from: str = "choice") -> ImageRouting:
         """x: (B, N, D), the tokens after the last dense block (class token first).
 
         forced: optional (B,) experts that must be each image's first choice (teacher forcing); the
-        other k - 1 choices are the router's best remaining experts. Gates are probs either way.
+        other k - 1 choices are the router's best remaining experts.
+        gates_from: "choice" (training, teacher forcing): each chosen expert's gate is its own probability,
+        so the router learns through it. "router" (analysis, e.g. the oracle): the chosen experts get the
+        router's top-k probabilities, the confidence it gave its own picks, so a forced expert's output
+        keeps the scale the experts were trained at instead of being shrunk by a low probability.
         """
+        if gates_from not in ("choice", "router"):
+            raise ValueError(f"ImageRouter: gates_from must be 'choice' or 'router', got {gates_from!r}")
         if self.router_input == "class_token":
             r = x[:, 0]  # (B, D)
         else:  # "mean_tokens": the mean of the patch tokens (the class token left out)
@@ -192,7 +198,8 @@ class ImageRouter(Module):
             ranking = top_k(logits.data, num_experts)  # (B, E): every expert, best first
             others = ranking[ranking != forced[:, None]].reshape(batch, num_experts - 1)  # (B, E-1), order kept
             experts = np.concatenate([forced[:, None], others[:, : self.k - 1]], axis=1)  # (B, k)
-        gates = probs[np.arange(batch)[:, None], experts]  # (B, k), differentiable: reaches the router
+        ranked = experts if gates_from == "choice" else top_k(logits.data, self.k)  # whose probabilities gate
+        gates = probs[np.arange(batch)[:, None], ranked]  # (B, k), differentiable: reaches the router
         dispatch = plan_dispatch(experts, probs.shape[-1])
         return ImageRouting(logits, probs, experts, gates, dispatch.group_sizes, dispatch)
 

@@ -238,8 +238,9 @@ class VisionTransformer(Module):
         routing, the stochastic-depth masks and the expert-dropout masks. `labels` (B,) int are needed
         only in training with `config.teacher_forcing` (each image is routed to its label's superclass);
         otherwise they are ignored. `experts` (B,) int, per-image routing only, in any mode: each image's
-        first expert, chosen by the caller instead of the router (gates stay the router's probabilities),
-        e.g. its true superclass for "oracle routing" (`tinymoe.evaluation.evaluate(..., oracle=True)`).
+        first expert, chosen by the caller instead of the router, e.g. its true superclass for "oracle
+        routing" (`tinymoe.evaluation.evaluate(..., oracle=True)`). The chosen expert is gated by the
+        router's top probability, the confidence it gave its own pick (see ImageRouter.forward).
         """
         c = self.config
         if experts is not None and (not c.is_moe or c.routing == "token"):
@@ -260,8 +261,10 @@ class VisionTransformer(Module):
                 token_routing.append(r)
             else:
                 if routing is None:  # after the last dense block: one decision per image, for all MoE blocks
-                    forced = self._forced_experts(labels, x.shape[0]) if experts is None else experts
-                    routing = self.router(x, forced=forced)
+                    if experts is None:  # the router decides (or, teacher forcing, the label's superclass)
+                        routing = self.router(x, forced=self._forced_experts(labels, x.shape[0]))
+                    else:  # the caller decides; the gates keep the router's confidence in its own picks
+                        routing = self.router(x, forced=experts, gates_from="router")
                 x = block(x, routing, rng)
         cls = self.norm(x[:, 0])  # (B, D): only the class token is classified, so only it is normalised
         return ModelOutput(self.head(cls), routing, token_routing)
