@@ -58,6 +58,8 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe  # noqa: E402
 
+from tinymoe.atomic import atomic_write_text  # noqa: E402  (standard library only)
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "study"
 RUNS = Path("runs") / "study"
@@ -121,6 +123,11 @@ GRIDS = {
 # --------------------------------------------------------------------------------------------------
 # The plan
 # --------------------------------------------------------------------------------------------------
+def slug(name: str) -> str:
+    """A run's name as a file and folder name (its runs-dir folder, its JSON, its curves picture)."""
+    return re.sub(r"[^A-Za-z0-9=.,_+-]", "_", name)
+
+
 @dataclass
 class Run:
     name: str  # e.g. "base-seed0", "k=2-seed0", "regularisation=deit,upcycle=yes-seed0"
@@ -131,7 +138,7 @@ class Run:
 
     @property
     def slug(self) -> str:
-        return re.sub(r"[^A-Za-z0-9=.,_+-]", "_", self.name)
+        return slug(self.name)
 
 
 def _check_grid(grid: dict) -> None:
@@ -308,9 +315,7 @@ def record(run: Run, grid_name: str, data: str, cmd: list[str], run_dir: Path, w
             entry[model] = {**results[model], "history": history, "train_seconds": seconds}
     results_dir.mkdir(parents=True, exist_ok=True)
     path = results_dir / f"{run.slug}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(entry, indent=2) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(entry, indent=2) + "\n")
     return path
 
 
@@ -386,8 +391,7 @@ def analyse_routing(results_dir: Path, runs_dir: Path, force: bool = False, log=
         routing = entry.get("flags", {}).get("routing", "superclass")
         if not moe or routing not in ("superclass", "random") or (moe.get("oracle_top1") is not None and not force):
             continue
-        slug = re.sub(r"[^A-Za-z0-9=.,_+-]", "_", entry["name"])
-        checkpoint = runs_dir / slug / f"moe-{routing}" / "model.npz"
+        checkpoint = runs_dir / slug(entry["name"]) / f"moe-{routing}" / "model.npz"
         if not checkpoint.exists():
             log(f"[{entry['name']}] no checkpoint at {checkpoint}: skipped")
             continue
@@ -405,9 +409,7 @@ def analyse_routing(results_dir: Path, runs_dir: Path, force: bool = False, log=
             moe[key_] = result[key_]
         moe["oracle_definition"] = ORACLE_DEFINITION
         moe["routing_analysis"] = f"python bench/study.py routing --runs-dir {runs_dir} (checkpoint {checkpoint})"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(entry, indent=2) + "\n")
-        tmp.replace(path)
+        atomic_write_text(path, json.dumps(entry, indent=2) + "\n")
         updated.append(entry["name"])
         log(f"[{entry['name']}] top-1 {result['top1']:.2f}%: routed right {_fmt(result['top1_routed_right'])}%, "
             f"wrong {_fmt(result['top1_routed_wrong'])}%, oracle {_fmt(result['oracle_top1'])}%")
@@ -644,8 +646,7 @@ def plot_curves(entry: dict, out: Path) -> Path:
 def plots(results: list[dict], grid: dict, results_dir: Path) -> list[Path]:
     paths = [plot_deltas(results, grid, results_dir / "delta_vs_factors.png")]
     for entry in results:
-        slug = re.sub(r"[^A-Za-z0-9=.,_+-]", "_", entry["name"])
-        paths.append(plot_curves(entry, results_dir / "curves" / f"{slug}.png"))
+        paths.append(plot_curves(entry, results_dir / "curves" / f"{slug(entry['name'])}.png"))
     return paths
 
 

@@ -34,14 +34,14 @@ def main(argv=None) -> int:
 
     from tinymoe.checkpoint import CheckpointError, load_model
     from tinymoe.data import DatasetFormatError, DatasetNotFoundError, ImageDecodeError
-    from tinymoe.evaluation import evaluate
+    from tinymoe.evaluation import evaluate, supports_oracle
     from tinymoe.models import count
     from tinymoe.pipeline import load_splits
 
     try:
         model = load_model(args.checkpoint)
         c = model.config
-        if args.oracle and (not c.is_moe or c.routing == "token" or model.class_to_group is None):
+        if args.oracle and not supports_oracle(model):
             print(f"error: --oracle routes each image to its superclass's expert; {args.checkpoint} is "
                   f"{c.describe()} without per-image superclasses. Leave --oracle out for this model", file=sys.stderr)
             return 2

@@ -112,6 +112,12 @@ def cross_entropy_np(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(-np.mean(log_probs[np.arange(labels.size), labels])) if labels.size else 0.0
 
 
+def supports_oracle(model) -> bool:
+    """Whether `evaluate(model, ..., oracle=True)` applies: a per-image-routed MoE with superclasses."""
+    c = model.config
+    return c.is_moe and c.routing != "token" and getattr(model, "class_to_group", None) is not None
+
+
 def evaluate(
     model, images: np.ndarray, labels: np.ndarray, batch_size: int = 256, mean=IMAGENET_MEAN, std=IMAGENET_STD,
     shards: int = 1, oracle: bool = False,
@@ -124,6 +130,9 @@ def evaluate(
     labels = np.asarray(labels, dtype=np.int64)
     if labels.shape != (images.shape[0],):
         raise ValueError(f"evaluate: {images.shape[0]} images but labels of shape {labels.shape}")
+    if oracle and not supports_oracle(model):
+        raise ValueError("evaluate(oracle=True) needs a per-image-routed MoE with superclasses "
+                         "(model.class_to_group); this model has none")
     pred = predict(model, images, batch_size, mean, std, shards=shards)
     top1, top5 = accuracy_from_logits(pred.logits, labels)
     routing = {}
@@ -138,9 +147,6 @@ def evaluate(
         if oracle:
             forced = predict(model, images, batch_size, mean, std, shards=shards, experts=truth)
             routing["oracle_top1"] = accuracy_from_logits(forced.logits, labels)[0]
-    elif oracle:
-        raise ValueError("evaluate(oracle=True) needs a per-image-routed MoE with superclasses "
-                         "(model.class_to_group); this model has none")
     return EvalResult(
         images=int(labels.size),
         loss=cross_entropy_np(pred.logits, labels),
@@ -152,4 +158,4 @@ def evaluate(
     )
 
 
-__all__ = ["EvalResult", "Predictions", "accuracy_from_logits", "evaluate", "predict"]
+__all__ = ["EvalResult", "Predictions", "accuracy_from_logits", "evaluate", "predict", "supports_oracle"]

@@ -42,7 +42,7 @@ from tinymoe.data import (
     make_synthetic,
 )
 from tinymoe.data.downsampled import find_batches
-from tinymoe.evaluation import evaluate, predict
+from tinymoe.evaluation import evaluate, predict, supports_oracle
 from tinymoe.models import ModelConfig, build_model, count, upcycle
 from tinymoe.training import Trainer, TrainConfig, TrainingData
 
@@ -269,8 +269,7 @@ def run_pipeline(splits: Splits, opts: PipelineOptions, log=print) -> dict:
             continue
         cost = count(model.config)
         # For a Mobile V-MoE also the oracle (every image to its true superclass's expert): the router's cost.
-        oracle = name == "moe" and model.config.routing != "token" and model.class_to_group is not None
-        result = evaluate(model, splits.val_images, splits.val_labels, oracle=oracle)
+        result = evaluate(model, splits.val_images, splits.val_labels, oracle=supports_oracle(model))
         entry = {"config": model.config.to_dict(), "flops": cost.flops, "params": cost.params,
                  "active_params": cost.active_params, **result.as_dict()}
         if name == "moe":

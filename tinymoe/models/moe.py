@@ -190,15 +190,17 @@ class ImageRouter(Module):
         batch = x.shape[0]
         if forced is None:
             experts = top_k(logits.data, self.k)  # (B, k), best first; logits order = probs order
+            own = experts
         else:
             forced = np.asarray(forced, dtype=np.int64)
             num_experts = logits.shape[-1]
             if forced.shape != (batch,) or forced.min(initial=0) < 0 or forced.max(initial=0) >= num_experts:
                 raise ValueError(f"ImageRouter: forced must be {batch} experts in [0, {num_experts}), got {forced!r}")
             ranking = top_k(logits.data, num_experts)  # (B, E): every expert, best first
+            own = ranking[:, : self.k]  # (B, k): the router's own picks
             others = ranking[ranking != forced[:, None]].reshape(batch, num_experts - 1)  # (B, E-1), order kept
             experts = np.concatenate([forced[:, None], others[:, : self.k - 1]], axis=1)  # (B, k)
-        ranked = experts if gates_from == "choice" else top_k(logits.data, self.k)  # whose probabilities gate
+        ranked = experts if gates_from == "choice" else own  # whose probabilities gate the chosen experts
         gates = probs[np.arange(batch)[:, None], ranked]  # (B, k), differentiable: reaches the router
         dispatch = plan_dispatch(experts, probs.shape[-1])
         return ImageRouting(logits, probs, experts, gates, dispatch.group_sizes, dispatch)
