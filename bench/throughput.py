@@ -144,7 +144,7 @@ def worker_tinymoe(args) -> dict:
             model(images[start:stop])
 
     def infer_step():
-        pool.run(infer_shard, args.batch)
+        pool.run(infer_shard, pool.bounds(args.batch))
 
     infer_times = _time_steps(infer_step, args.warmup, args.steps)
     pool.close()
