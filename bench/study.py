@@ -5,6 +5,8 @@
     python bench/study.py table                                              # bench/results/study/table.md
     python bench/study.py plots                                              # Δ vs factors, train/val curves
     python bench/study.py adopt base-seed0 --from runs/calibrated-seed0      # count a finished run made elsewhere
+    python bench/study.py routing | paired                                   # from the runs' checkpoints: what
+                                                                             # routing costs; Δ's val-sampling error
 
 A grid is a base recipe (flags of `python -m tinymoe.train`) and factors, each with levels (extra flags);
 the first level of every factor is the base's. Designs:
@@ -33,6 +35,10 @@ Adopting: a run trained outside the study (e.g. the calibrated pair of issue 7) 
 when its recorded configuration is the one the run's flags describe; `adopt` checks that (every TrainConfig
 and ModelConfig field except the shard count, which changes only the order of float sums), copies it into
 `--runs-dir`, and the next `run` evaluates and records it with `adopted_from` naming its origin.
+
+Noise: `paired` gives each Δ its standard error from the choice of val images (both models are scored on
+the same 5,000 images, so only the images exactly one of them gets right count; ±0.5-0.6 points at 95%
+here). Training noise is measured by seeds: compare Δ over seeds in the per-recipe summary.
 
 Selection caveat: this grid compares recipes on the official val split, the same images the final
 numbers are reported on. Picking the best recipe by its val Δ makes that Δ optimistic; the table says
@@ -374,6 +380,19 @@ def run_grid(grid: dict, grid_name: str, data: str, runs_dir: Path, results_dir:
     return status
 
 
+def _load_with_data(checkpoint: Path, splits_cache: dict):
+    """A checkpoint's model and the exact data it was trained and evaluated on (its metadata's load
+    arguments; decoded once per distinct dataset and kept in splits_cache)."""
+    from tinymoe.checkpoint import load_checkpoint, load_model
+    from tinymoe.pipeline import load_splits
+
+    load_args = load_checkpoint(checkpoint).metadata["data"]
+    key = json.dumps(load_args, sort_keys=True)
+    if key not in splits_cache:
+        splits_cache[key] = load_splits(**load_args)
+    return load_model(checkpoint), splits_cache[key]
+
+
 ORACLE_DEFINITION = "each val image sent to its true superclass's expert, gated by the router's top probability"
 
 
@@ -385,9 +404,7 @@ def analyse_routing(results_dir: Path, runs_dir: Path, force: bool = False, log=
     checkpoint from runs_dir, reload the exact data it was trained on (the checkpoint's metadata), and
     evaluate on val: top-1 split by routed right / wrong, and with every image sent to its true
     superclass's expert. The plain top-1 must equal the recorded one (same model, same images), else stop."""
-    from tinymoe.checkpoint import load_checkpoint, load_model
     from tinymoe.evaluation import evaluate
-    from tinymoe.pipeline import load_splits
 
     updated, splits_cache = [], {}
     for path in sorted(results_dir.glob("*.json")):
@@ -400,12 +417,7 @@ def analyse_routing(results_dir: Path, runs_dir: Path, force: bool = False, log=
         if not checkpoint.exists():
             log(f"[{entry['name']}] no checkpoint at {checkpoint}: skipped")
             continue
-        load_args = load_checkpoint(checkpoint).metadata["data"]
-        key = json.dumps(load_args, sort_keys=True)
-        if key not in splits_cache:
-            splits_cache[key] = load_splits(**load_args)
-        splits = splits_cache[key]
-        model = load_model(checkpoint)
+        model, splits = _load_with_data(checkpoint, splits_cache)
         result = evaluate(model, splits.val_images, splits.val_labels, oracle=True).as_dict()
         if abs(result["top1"] - moe["top1"]) > 1e-9:
             raise SystemExit(f"[{entry['name']}] {checkpoint} scores {result['top1']:.2f}% on val, the record says "
@@ -418,6 +430,64 @@ def analyse_routing(results_dir: Path, runs_dir: Path, force: bool = False, log=
         updated.append(entry["name"])
         log(f"[{entry['name']}] top-1 {result['top1']:.2f}%: routed right {_fmt(result['top1_routed_right'])}%, "
             f"wrong {_fmt(result['top1_routed_wrong'])}%, oracle {_fmt(result['oracle_top1'])}%")
+    return updated
+
+
+def _upcycling_partner(entry: dict, results: list[dict]) -> dict | None:
+    """For an upcycle=yes run: the upcycle=dense-continued run with the same other levels and seed."""
+    if entry.get("levels", {}).get("upcycle") != "yes":
+        return None
+    want = {**entry["levels"], "upcycle": "dense-continued"}
+    return next((r for r in results if r.get("levels") == want and r.get("seed") == entry.get("seed")), None)
+
+
+def analyse_pairs(results_dir: Path, runs_dir: Path, force: bool = False, log=print) -> list[str]:
+    """How much of each Δ the choice of val images decides: the paired standard error of MoE − dense.
+
+    For every recorded run with both checkpoints (and, for upcycle=yes, also the MoE against its
+    upcycle=dense-continued partner, the comparison at equal training): predict val with each model, check
+    each reproduces its recorded top-1, and store tinymoe.evaluation.paired_difference under "paired"
+    (and "paired_vs_dense_continued"). Runs that have it already are skipped unless `force`."""
+    import numpy as np
+
+    from tinymoe.evaluation import paired_difference, predict
+
+    results = {path: json.loads(path.read_text()) for path in sorted(results_dir.glob("*.json"))}
+    splits_cache, correct_cache, updated = {}, {}, []
+
+    def correct(entry: dict, model_key: str) -> np.ndarray | None:
+        """Per-val-image correctness of one model of a run, from its checkpoint (None if it is gone)."""
+        stage = "dense" if model_key == "dense" else f"moe-{entry.get('flags', {}).get('routing', 'superclass')}"
+        checkpoint = runs_dir / slug(entry["name"]) / stage / "model.npz"
+        if checkpoint not in correct_cache:
+            if not checkpoint.exists():
+                log(f"[{entry['name']}] no checkpoint at {checkpoint}: skipped")
+                return None
+            model, splits = _load_with_data(checkpoint, splits_cache)
+            right = np.argmax(predict(model, splits.val_images).logits, axis=1) == splits.val_labels
+            if abs(100 * right.mean() - entry[model_key]["top1"]) > 1e-9:
+                raise SystemExit(f"[{entry['name']}] {checkpoint} scores {100 * right.mean():.2f}% on val, the "
+                                 f"record says {entry[model_key]['top1']:.2f}%: not the recorded model, or other "
+                                 "data; nothing written")
+            correct_cache[checkpoint] = right
+        return correct_cache[checkpoint]
+
+    for path, entry in results.items():
+        if "dense" not in entry or "moe" not in entry or ("paired" in entry and not force):
+            continue
+        dense, moe = correct(entry, "dense"), correct(entry, "moe")
+        if dense is None or moe is None:
+            continue
+        entry["paired"] = paired_difference(dense, moe).as_dict()
+        text = f"Δ {entry['paired']['delta']:+.2f} ± {1.96 * entry['paired']['standard_error']:.2f}"
+        partner = _upcycling_partner(entry, list(results.values()))
+        if partner is not None and (other := correct(partner, "moe")) is not None:
+            entry["paired_vs_dense_continued"] = paired_difference(other, moe).as_dict()
+            text += (f"; against {partner['name']}: {entry['paired_vs_dense_continued']['delta']:+.2f} ± "
+                     f"{1.96 * entry['paired_vs_dense_continued']['standard_error']:.2f}")
+        atomic_write_text(path, json.dumps(entry, indent=2) + "\n")
+        updated.append(entry["name"])
+        log(f"[{entry['name']}] {text} (95%, val sampling only)")
     return updated
 
 
@@ -447,20 +517,22 @@ def _fmt(value, spec=".2f", suffix="") -> str:
     return "-" if value is None else f"{value:{spec}}{suffix}"
 
 
+def _error(paired: dict | None) -> str:
+    """' ± x': half the 95% interval of a paired Δ (val sampling only), or '' if it was not measured."""
+    return "" if not paired else f" ± {1.96 * paired['standard_error']:.2f}"
+
+
 def upcycling_table(results: list[dict]) -> list[str]:
     """Upcycled MoE against the dense model trained on for as long (the run with upcycle=dense-continued
     and otherwise the same levels and seed): the comparison at equal training, where plain Δ is not."""
-    def key(r, level):
-        return json.dumps({**r["levels"], "upcycle": level, "seed": r["seed"]}, sort_keys=True)
-
-    continued = {key(r, "dense-continued"): r for r in results if r.get("levels", {}).get("upcycle") == "dense-continued"}
     rows = []
     for r in results:
-        other = continued.get(key(r, "dense-continued")) if r.get("levels", {}).get("upcycle") == "yes" else None
+        other = _upcycling_partner(r, results)
         if other is None or "moe" not in r or "moe" not in other:
             continue
         a, b = r["moe"]["top1"], other["moe"]["top1"]
-        rows.append(f"| {r['name']} | {r['dense']['top1']:.2f} | {b:.2f} | {a:.2f} | {a - b:+.2f} |")
+        rows.append(f"| {r['name']} | {r['dense']['top1']:.2f} | {b:.2f} | {a:.2f} | "
+                    f"{a - b:+.2f}{_error(r.get('paired_vs_dense_continued'))} |")
     if not rows:
         return []
     return ["", "Upcycling at equal training: the upcycled MoE (dense stage + MoE stage) against the same dense model "
@@ -479,7 +551,9 @@ def table(results: list[dict]) -> str:
     lines = ["Top-1 on the val split (%); Δ = MoE − dense. Train top-1 and train loss: the last epoch's means over "
              "the augmented (regularised) training batches, so comparable between the two models of a run but not "
              "across recipes; the MoE's loss includes its 0.3 × router cross-entropy. Expert load on val. Oracle: the "
-             "MoE's top-1 with every val image sent to its true superclass's expert (what a perfect router would give).", "",
+             "MoE's top-1 with every val image sent to its true superclass's expert (what a perfect router would give). "
+             "Δ ± x: the 95% interval from the choice of val images alone (`paired`; both models scored on the "
+             "same images); seeds show the training noise.", "",
              header, "|" + "---|" * (header.count("|") - 1)]
     for r in results:
         dense, moe = r.get("dense", {}), r.get("moe", {})
@@ -490,7 +564,7 @@ def table(results: list[dict]) -> str:
         shared += " (adopted)" if r.get("adopted_from") else ""
         lines.append(
             f"| {r['name']}{shared} | {_fmt(dense.get('top1'))} | {_fmt(moe.get('top1'))} | "
-            f"{_fmt(r.get('delta_top1'), '+.2f')} | {_fmt(moe.get('router_accuracy'), '.1f')} | "
+            f"{_fmt(r.get('delta_top1'), '+.2f')}{_error(r.get('paired'))} | {_fmt(moe.get('router_accuracy'), '.1f')} | "
             f"{_fmt(moe.get('top1_routed_right'), '.1f')} / {_fmt(moe.get('top1_routed_wrong'), '.1f')} | "
             f"{_fmt(moe.get('oracle_top1'))} | "
             f"{_fmt(_final(r, 'dense', 'train_top1'), '.1f')} / {_fmt(_final(r, 'moe', 'train_top1'), '.1f')} | "
@@ -684,6 +758,9 @@ def main(argv=None) -> int:
     g = sub.add_parser("routing", help="backfill top-1 by routed right/wrong and the oracle's top-1 of recorded runs")
     g.add_argument("--runs-dir", type=Path, default=RUNS)
     g.add_argument("--force", action="store_true", help="recompute runs that have the numbers already")
+    q = sub.add_parser("paired", help="Δ's standard error from the choice of val images (paired, per image)")
+    q.add_argument("--runs-dir", type=Path, default=RUNS)
+    q.add_argument("--force", action="store_true", help="recompute runs that have the numbers already")
     sub.add_parser("table", help="write the results table (Markdown) to RESULTS/table.md and print it")
     sub.add_parser("plots", help="draw Δ vs each factor and train/val curves per run")
     args = parser.parse_args(argv)
@@ -695,6 +772,10 @@ def main(argv=None) -> int:
         return 1 if status["failed"] else 0
     if args.cmd == "routing":
         updated = analyse_routing(args.results, args.runs_dir, force=args.force)
+        print(f"{len(updated)} runs updated")
+        return 0
+    if args.cmd == "paired":
+        updated = analyse_pairs(args.results, args.runs_dir, force=args.force)
         print(f"{len(updated)} runs updated")
         return 0
     if args.cmd == "adopt":

@@ -70,6 +70,26 @@ def test_a_two_run_grid_on_synthetic_data(tmp_path, monkeypatch, capsys):
     rows = [line for line in text.splitlines() if line.startswith("| base-seed0") or line.startswith("| router-input")]
     assert len(rows) == 2 and f"{base['delta_top1']:+.2f}" in rows[0] and "(dense shared)" in rows[1]
     assert "optimistic" in text
+    # `paired`: Δ's standard error from the choice of val images, from the two checkpoints of each run.
+    capsys.readouterr()
+    assert study.main(args + ["paired", "--runs-dir", str(runs)]) == 0 and "2 runs updated" in capsys.readouterr().out
+    for f in files:
+        entry = json.loads(f.read_text())
+        paired = entry["paired"]
+        assert paired["delta"] == pytest.approx(entry["delta_top1"], abs=1e-9)
+        assert paired["b_only_right"] - paired["a_only_right"] == round(paired["delta"] * paired["images"] / 100)
+        assert paired["standard_error"] > 0 or paired["b_only_right"] + paired["a_only_right"] == 0
+    assert study.main(args + ["paired", "--runs-dir", str(runs)]) == 0 and "0 runs updated" in capsys.readouterr().out
+    assert study.main(args + ["table"]) == 0
+    assert f"{base['delta_top1']:+.2f} ± " in (results / "table.md").read_text()
+    # A record that its checkpoint does not reproduce is refused, and nothing is written.
+    tampered = json.loads(files[0].read_text())
+    tampered["moe"]["top1"] += 1.0
+    files[0].write_text(json.dumps(tampered))
+    with pytest.raises(SystemExit, match="not the recorded model"):
+        study.main(args + ["paired", "--runs-dir", str(runs), "--force"])
+    assert json.loads(files[0].read_text()) == tampered
+    files[0].write_text(json.dumps({**tampered, "moe": {**tampered["moe"], "top1": base["moe"]["top1"]}}))
     assert study.main(args + ["plots"]) == 0
     assert Image.open(results / "delta_vs_factors.png").size[0] > 300
     assert Image.open(results / "curves" / "base-seed0.png").size == (560, 360)
@@ -136,4 +156,6 @@ def test_upcycled_runs_are_compared_with_dense_trained_on_for_as_long():
     lines = study.upcycling_table(results)
     rows = [line for line in lines if line.startswith("| upcycle=")]
     assert rows == ["| upcycle=yes-seed0 | 25.00 | 28.60 | 27.50 | -1.10 |"]
+    results[0]["paired_vs_dense_continued"] = {"standard_error": 0.5}  # after `paired`: its 95% interval
+    assert "| 27.50 | -1.10 ± 0.98 |" in study.upcycling_table(results)[-1]
     assert study.upcycling_table(results[1:2]) == []
