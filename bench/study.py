@@ -37,8 +37,9 @@ and ModelConfig field except the shard count, which changes only the order of fl
 `--runs-dir`, and the next `run` evaluates and records it with `adopted_from` naming its origin.
 
 Noise: `paired` gives each Δ its standard error from the choice of val images (both models are scored on
-the same 5,000 images, so only the images exactly one of them gets right count; ±0.5-0.6 points at 95%
-here). Training noise is measured by seeds: compare Δ over seeds in the per-recipe summary.
+the same 5,000 images, so only the images exactly one of them gets right count: ~14% of them here, which
+makes the standard error ~0.5 points and the 95% interval about ±1). Training noise is measured by seeds:
+compare Δ over seeds in the per-recipe summary.
 
 Selection caveat: this grid compares recipes on the official val split, the same images the final
 numbers are reported on. Picking the best recipe by its val Δ makes that Δ optimistic; the table says
