@@ -448,42 +448,52 @@ def analyse_pairs(results_dir: Path, runs_dir: Path, force: bool = False, log=pr
     For every recorded run with both checkpoints (and, for upcycle=yes, also the MoE against its
     upcycle=dense-continued partner, the comparison at equal training): predict val with each model, check
     each reproduces its recorded top-1, and store tinymoe.evaluation.paired_difference under "paired"
-    (and "paired_vs_dense_continued"). Runs that have it already are skipped unless `force`."""
+    (and "paired_vs_dense_continued"). Also stored, as the yardstick for the router's accuracy: how often
+    the dense model's predicted class lies in the true class's superclass (dense.superclass_accuracy), i.e.
+    how well a whole 6-layer network does at the router's 10-way task. Runs that have these already are
+    skipped unless `force`."""
     import numpy as np
 
     from tinymoe.evaluation import paired_difference, predict
 
     results = {path: json.loads(path.read_text()) for path in sorted(results_dir.glob("*.json"))}
-    splits_cache, correct_cache, updated = {}, {}, []
+    splits_cache, cache, updated = {}, {}, []
 
-    def correct(entry: dict, model_key: str) -> np.ndarray | None:
-        """Per-val-image correctness of one model of a run, from its checkpoint (None if it is gone)."""
+    def scored(entry: dict, model_key: str):
+        """(predicted classes, true labels, the model's class_to_group or None) of one model of a run on
+        val, from its checkpoint; None if the checkpoint is gone."""
         stage = "dense" if model_key == "dense" else f"moe-{entry.get('flags', {}).get('routing', 'superclass')}"
         checkpoint = runs_dir / slug(entry["name"]) / stage / "model.npz"
-        if checkpoint not in correct_cache:
+        if checkpoint not in cache:
             if not checkpoint.exists():
                 log(f"[{entry['name']}] no checkpoint at {checkpoint}: skipped")
                 return None
             model, splits = _load_with_data(checkpoint, splits_cache)
-            right = np.argmax(predict(model, splits.val_images).logits, axis=1) == splits.val_labels
-            if abs(100 * right.mean() - entry[model_key]["top1"]) > 1e-9:
-                raise SystemExit(f"[{entry['name']}] {checkpoint} scores {100 * right.mean():.2f}% on val, the "
-                                 f"record says {entry[model_key]['top1']:.2f}%: not the recorded model, or other "
-                                 "data; nothing written")
-            correct_cache[checkpoint] = right
-        return correct_cache[checkpoint]
+            predicted = np.argmax(predict(model, splits.val_images).logits, axis=1)  # (N,)
+            top1 = 100 * np.mean(predicted == splits.val_labels)
+            if abs(top1 - entry[model_key]["top1"]) > 1e-9:
+                raise SystemExit(f"[{entry['name']}] {checkpoint} scores {top1:.2f}% on val, the record says "
+                                 f"{entry[model_key]['top1']:.2f}%: not the recorded model, or other data; "
+                                 "nothing written")
+            cache[checkpoint] = (predicted, splits.val_labels, getattr(model, "class_to_group", None))
+        return cache[checkpoint]
 
     for path, entry in results.items():
         if "dense" not in entry or "moe" not in entry or ("paired" in entry and not force):
             continue
-        dense, moe = correct(entry, "dense"), correct(entry, "moe")
+        dense, moe = scored(entry, "dense"), scored(entry, "moe")
         if dense is None or moe is None:
             continue
-        entry["paired"] = paired_difference(dense, moe).as_dict()
+        (dense_pred, labels, _), (moe_pred, _, groups) = dense, moe
+        entry["paired"] = paired_difference(dense_pred == labels, moe_pred == labels).as_dict()
         text = f"Δ {entry['paired']['delta']:+.2f} ± {1.96 * entry['paired']['standard_error']:.2f}"
+        if groups is not None:
+            groups = np.asarray(groups)
+            entry["dense"]["superclass_accuracy"] = float(100 * np.mean(groups[dense_pred] == groups[labels]))
+            text += f"; dense in the right superclass {entry['dense']['superclass_accuracy']:.1f}%"
         partner = _upcycling_partner(entry, list(results.values()))
-        if partner is not None and (other := correct(partner, "moe")) is not None:
-            entry["paired_vs_dense_continued"] = paired_difference(other, moe).as_dict()
+        if partner is not None and (other := scored(partner, "moe")) is not None:
+            entry["paired_vs_dense_continued"] = paired_difference(other[0] == labels, moe_pred == labels).as_dict()
             text += (f"; against {partner['name']}: {entry['paired_vs_dense_continued']['delta']:+.2f} ± "
                      f"{1.96 * entry['paired_vs_dense_continued']['standard_error']:.2f}")
         atomic_write_text(path, json.dumps(entry, indent=2) + "\n")
@@ -546,7 +556,8 @@ def table(results: list[dict]) -> str:
     """Markdown: one row per run, then Δ over seeds per recipe (when a recipe has several seeds)."""
     if not results:
         raise SystemExit("no study results yet: run `python bench/study.py run` first")
-    header = ("| run | dense top-1 | MoE top-1 | Δ | router acc | MoE top-1 routed right / wrong | oracle | "
+    header = ("| run | dense top-1 | MoE top-1 | Δ | router acc | dense's superclass acc | "
+              "MoE top-1 routed right / wrong | oracle | "
               "train top-1 dense / MoE | train loss dense / MoE | "
               "busiest expert / idle | MFLOPs dense / MoE | epochs | hours (both stages) |")
     lines = ["Top-1 on the val split (%); Δ = MoE − dense. Train top-1 and train loss: the last epoch's means over "
@@ -554,7 +565,8 @@ def table(results: list[dict]) -> str:
              "across recipes; the MoE's loss includes its 0.3 × router cross-entropy. Expert load on val. Oracle: the "
              "MoE's top-1 with every val image sent to its true superclass's expert (what a perfect router would give). "
              "Δ ± x: the 95% interval from the choice of val images alone (`paired`; both models scored on the "
-             "same images); seeds show the training noise.", "",
+             "same images); seeds show the training noise. Dense's superclass acc: how often the dense model's predicted "
+             "class is in the true class's superclass, the router's task done by the whole dense network.", "",
              header, "|" + "---|" * (header.count("|") - 1)]
     for r in results:
         dense, moe = r.get("dense", {}), r.get("moe", {})
@@ -566,6 +578,7 @@ def table(results: list[dict]) -> str:
         lines.append(
             f"| {r['name']}{shared} | {_fmt(dense.get('top1'))} | {_fmt(moe.get('top1'))} | "
             f"{_fmt(r.get('delta_top1'), '+.2f')}{_error(r.get('paired'))} | {_fmt(moe.get('router_accuracy'), '.1f')} | "
+            f"{_fmt(dense.get('superclass_accuracy'), '.1f')} | "
             f"{_fmt(moe.get('top1_routed_right'), '.1f')} / {_fmt(moe.get('top1_routed_wrong'), '.1f')} | "
             f"{_fmt(moe.get('oracle_top1'))} | "
             f"{_fmt(_final(r, 'dense', 'train_top1'), '.1f')} / {_fmt(_final(r, 'moe', 'train_top1'), '.1f')} | "

@@ -79,6 +79,7 @@ def test_a_two_run_grid_on_synthetic_data(tmp_path, monkeypatch, capsys):
         assert paired["delta"] == pytest.approx(entry["delta_top1"], abs=1e-9)
         assert paired["b_only_right"] - paired["a_only_right"] == round(paired["delta"] * paired["images"] / 100)
         assert paired["standard_error"] > 0 or paired["b_only_right"] + paired["a_only_right"] == 0
+        assert entry["dense"]["top1"] <= entry["dense"]["superclass_accuracy"] <= 100  # the right class is in the right group
     assert study.main(args + ["paired", "--runs-dir", str(runs)]) == 0 and "0 runs updated" in capsys.readouterr().out
     assert study.main(args + ["table"]) == 0
     assert f"{base['delta_top1']:+.2f} ± " in (results / "table.md").read_text()
