@@ -487,7 +487,7 @@ def analyse_pairs(results_dir: Path, runs_dir: Path, force: bool = False, log=pr
         (dense_pred, labels, _), (moe_pred, _, groups) = dense, moe
         entry["paired"] = paired_difference(dense_pred == labels, moe_pred == labels).as_dict()
         text = f"Δ {entry['paired']['delta']:+.2f} ± {1.96 * entry['paired']['standard_error']:.2f}"
-        if groups is not None:
+        if groups is not None and len(set(groups)) > 1:  # (one expert: every class in one group, trivially right)
             groups = np.asarray(groups)
             entry["dense"]["superclass_accuracy"] = float(100 * np.mean(groups[dense_pred] == groups[labels]))
             text += f"; dense in the right superclass {entry['dense']['superclass_accuracy']:.1f}%"
