@@ -662,7 +662,8 @@ def _padded(lo: float, hi: float, pad: float = 0.1) -> tuple[float, float]:
 
 def plot_deltas(results: list[dict], grid: dict, out: Path) -> Path:
     """One panel per factor: Δ of the runs that differ from the base in that factor only (and the base),
-    one dot per seed, a bar at the mean; the dashed line is Δ = 0 (MoE = dense)."""
+    one dot per seed with its 95% interval from the val images (after `paired`), a bar at the mean; the
+    dashed line is Δ = 0 (MoE = dense)."""
     factors = list(grid["factors"])
     base_levels = {f: next(iter(v)) for f, v in grid["factors"].items()}
     by_factor = {}
@@ -673,16 +674,18 @@ def plot_deltas(results: list[dict], grid: dict, out: Path) -> Path:
                 away = r.get("changed", {})
                 wanted = {} if level == base_levels[factor] else {factor: level}
                 if away == wanted and r.get("delta_top1") is not None:
-                    points.append((i, r["delta_top1"]))
+                    half = 1.96 * r["paired"]["standard_error"] if r.get("paired") else 0.0
+                    points.append((i, r["delta_top1"], half))
         by_factor[factor] = points
-    deltas = [d for pts in by_factor.values() for _, d in pts] + [0.0]
+    deltas = [d + sign * half for pts in by_factor.values() for _, d, half in pts for sign in (-1, 1)] + [0.0]
     y_range = _padded(min(deltas), max(deltas))
     cols = 3
     rows = -(-len(factors) // cols)
     w, h = 300, 220
     img = Image.new("RGB", (cols * w + 40, rows * h + 40), "white")
     draw = ImageDraw.Draw(img)
-    draw.text((10, 8), "MoE - dense top-1 on val (points), one factor changed from the base recipe", fill="black")
+    draw.text((10, 8), "MoE - dense top-1 on val (points; grey: 95% interval from the val images), one factor "
+                       "changed from the base recipe", fill="black")
     for n, factor in enumerate(factors):
         left, top = 60 + (n % cols) * w, 50 + (n // cols) * h
         levels = list(grid["factors"][factor])
@@ -690,9 +693,13 @@ def plot_deltas(results: list[dict], grid: dict, out: Path) -> Path:
         panel.line([-0.5, len(levels) - 0.5], [0.0, 0.0], GREY, dashed=True, width=1)
         for i, level in enumerate(levels):
             panel.x_tick(i, level[:12])
-            values = [d for j, d in by_factor[factor] if j == i]
-            for d in values:
-                panel.point(i, d, RED if d < 0 else BLUE, radius=3)
+            level_points = [(d, half) for j, d, half in by_factor[factor] if j == i]
+            values = [d for d, _ in level_points]
+            for n_seed, (d, half) in enumerate(level_points):
+                x = i + 0.1 * (n_seed - (len(level_points) - 1) / 2)  # seeds side by side
+                if half:
+                    draw.line([panel.at(x, d - half), panel.at(x, d + half)], fill=GREY, width=1)
+                panel.point(x, d, RED if d < 0 else BLUE, radius=3)
             if values:
                 mean = sum(values) / len(values)
                 a, b = panel.at(i - 0.25, mean), panel.at(i + 0.25, mean)
