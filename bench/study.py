@@ -450,7 +450,7 @@ def analyse_pairs(results_dir: Path, runs_dir: Path, force: bool = False, log=pr
     each reproduces its recorded top-1, and store tinymoe.evaluation.paired_difference under "paired"
     (and "paired_vs_dense_continued"). Also stored, as the yardstick for the router's accuracy: how often
     the dense model's predicted class lies in the true class's superclass (dense.superclass_accuracy), i.e.
-    how well a whole 6-layer network does at the router's 10-way task. Runs that have these already are
+    how well the whole dense network does at the router's task. Runs that have these already are
     skipped unless `force`."""
     import numpy as np
 
@@ -486,7 +486,7 @@ def analyse_pairs(results_dir: Path, runs_dir: Path, force: bool = False, log=pr
             continue
         (dense_pred, labels, _), (moe_pred, _, groups) = dense, moe
         entry["paired"] = paired_difference(dense_pred == labels, moe_pred == labels).as_dict()
-        text = f"Δ {entry['paired']['delta']:+.2f} ± {1.96 * entry['paired']['standard_error']:.2f}"
+        text = f"Δ {entry['paired']['delta']:+.2f}{_error(entry['paired'])}"
         if groups is not None and len(set(groups)) > 1:  # (one expert: every class in one group, trivially right)
             groups = np.asarray(groups)
             entry["dense"]["superclass_accuracy"] = float(100 * np.mean(groups[dense_pred] == groups[labels]))
@@ -494,8 +494,8 @@ def analyse_pairs(results_dir: Path, runs_dir: Path, force: bool = False, log=pr
         partner = _upcycling_partner(entry, list(results.values()))
         if partner is not None and (other := scored(partner, "moe")) is not None:
             entry["paired_vs_dense_continued"] = paired_difference(other[0] == labels, moe_pred == labels).as_dict()
-            text += (f"; against {partner['name']}: {entry['paired_vs_dense_continued']['delta']:+.2f} ± "
-                     f"{1.96 * entry['paired_vs_dense_continued']['standard_error']:.2f}")
+            text += (f"; against {partner['name']}: {entry['paired_vs_dense_continued']['delta']:+.2f}"
+                     f"{_error(entry['paired_vs_dense_continued'])}")
         atomic_write_text(path, json.dumps(entry, indent=2) + "\n")
         updated.append(entry["name"])
         log(f"[{entry['name']}] {text} (95%, val sampling only)")
@@ -528,9 +528,14 @@ def _fmt(value, spec=".2f", suffix="") -> str:
     return "-" if value is None else f"{value:{spec}}{suffix}"
 
 
+def _half95(paired: dict | None) -> float:
+    """Half the width of a recorded paired Δ's 95% interval (val sampling only); 0 if not measured."""
+    return 0.0 if not paired else (paired["ci95"][1] - paired["ci95"][0]) / 2
+
+
 def _error(paired: dict | None) -> str:
-    """' ± x': half the 95% interval of a paired Δ (val sampling only), or '' if it was not measured."""
-    return "" if not paired else f" ± {1.96 * paired['standard_error']:.2f}"
+    """' ± x' for a recorded paired Δ (x: half its 95% interval), or '' if it was not measured."""
+    return "" if not paired else f" ± {_half95(paired):.2f}"
 
 
 def upcycling_table(results: list[dict]) -> list[str]:
@@ -562,7 +567,7 @@ def table(results: list[dict]) -> str:
               "busiest expert / idle | MFLOPs dense / MoE | epochs | hours (both stages) |")
     lines = ["Top-1 on the val split (%); Δ = MoE − dense. Train top-1 and train loss: the last epoch's means over "
              "the augmented (regularised) training batches, so comparable between the two models of a run but not "
-             "across recipes; the MoE's loss includes its 0.3 × router cross-entropy. Expert load on val. Oracle: the "
+             "across recipes; the MoE's loss includes its router cross-entropy (× --router-weight, 0.3 by default). Expert load on val. Oracle: the "
              "MoE's top-1 with every val image sent to its true superclass's expert (what a perfect router would give). "
              "Δ ± x: the 95% interval from the choice of val images alone (`paired`; both models scored on the "
              "same images); seeds show the training noise. Dense's superclass acc: how often the dense model's predicted "
@@ -674,8 +679,7 @@ def plot_deltas(results: list[dict], grid: dict, out: Path) -> Path:
                 away = r.get("changed", {})
                 wanted = {} if level == base_levels[factor] else {factor: level}
                 if away == wanted and r.get("delta_top1") is not None:
-                    half = 1.96 * r["paired"]["standard_error"] if r.get("paired") else 0.0
-                    points.append((i, r["delta_top1"], half))
+                    points.append((i, r["delta_top1"], _half95(r.get("paired"))))
         by_factor[factor] = points
     deltas = [d + sign * half for pts in by_factor.values() for _, d, half in pts for sign in (-1, 1)] + [0.0]
     y_range = _padded(min(deltas), max(deltas))
