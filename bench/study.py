@@ -321,9 +321,9 @@ def record(run: Run, grid_name: str, data: str, cmd: list[str], run_dir: Path, w
         "delta_top1": results.get("delta_top1"),
     }
     routing = run.flags.get("routing", "superclass")
-    for model, stage in (("dense", "dense"), ("moe", f"moe-{routing}")):
+    for model in ("dense", "moe"):
         if model in results:
-            history, seconds = _stage_history(run_dir, stage)
+            history, seconds = _stage_history(run_dir, stage_name(model, routing))
             entry[model] = {**results[model], "history": history, "train_seconds": seconds}
     results_dir.mkdir(parents=True, exist_ok=True)
     path = results_dir / f"{run.slug}.json"
@@ -381,6 +381,24 @@ def run_grid(grid: dict, grid_name: str, data: str, runs_dir: Path, results_dir:
     return status
 
 
+def stage_name(model: str, routing: str) -> str:
+    """The folder `python -m tinymoe.train` gives a model's stage in its --out ("dense", "moe-superclass", ...)."""
+    return "dense" if model == "dense" else f"moe-{routing}"
+
+
+def _checkpoint(runs_dir: Path, entry: dict, model: str) -> Path:
+    """Where a recorded run's final `model` ("dense" or "moe") is saved under runs_dir."""
+    routing = entry.get("flags", {}).get("routing", "superclass")
+    return runs_dir / slug(entry["name"]) / stage_name(model, routing) / "model.npz"
+
+
+def _check_reproduces(entry: dict, model: str, checkpoint: Path, top1: float) -> None:
+    """Stop, writing nothing, unless the checkpoint scores the top-1 recorded for `model` (same model, same data)."""
+    if abs(top1 - entry[model]["top1"]) > 1e-9:
+        raise SystemExit(f"[{entry['name']}] {checkpoint} scores {top1:.2f}% on val, the record says "
+                         f"{entry[model]['top1']:.2f}%: not the recorded model, or other data; nothing written")
+
+
 def _load_with_data(checkpoint: Path, splits_cache: dict):
     """A checkpoint's model and the exact data it was trained and evaluated on (its metadata's load
     arguments; decoded once per distinct dataset and kept in splits_cache)."""
@@ -414,15 +432,13 @@ def analyse_routing(results_dir: Path, runs_dir: Path, force: bool = False, log=
         routing = entry.get("flags", {}).get("routing", "superclass")
         if not moe or routing not in ("superclass", "random") or (moe.get("oracle_top1") is not None and not force):
             continue
-        checkpoint = runs_dir / slug(entry["name"]) / f"moe-{routing}" / "model.npz"
+        checkpoint = _checkpoint(runs_dir, entry, "moe")
         if not checkpoint.exists():
             log(f"[{entry['name']}] no checkpoint at {checkpoint}: skipped")
             continue
         model, splits = _load_with_data(checkpoint, splits_cache)
         result = evaluate(model, splits.val_images, splits.val_labels, oracle=True).as_dict()
-        if abs(result["top1"] - moe["top1"]) > 1e-9:
-            raise SystemExit(f"[{entry['name']}] {checkpoint} scores {result['top1']:.2f}% on val, the record says "
-                             f"{moe['top1']:.2f}%: not the recorded model, or other data; nothing written")
+        _check_reproduces(entry, "moe", checkpoint, result["top1"])
         for key_ in ("top1_routed_right", "top1_routed_wrong", "oracle_top1"):
             moe[key_] = result[key_]
         moe["oracle_definition"] = ORACLE_DEFINITION
@@ -457,24 +473,20 @@ def analyse_pairs(results_dir: Path, runs_dir: Path, force: bool = False, log=pr
     from tinymoe.evaluation import paired_difference, predict
 
     results = {path: json.loads(path.read_text()) for path in sorted(results_dir.glob("*.json"))}
+    entries = list(results.values())  # (the same dicts: what is written below is what the partner search sees)
     splits_cache, cache, updated = {}, {}, []
 
     def scored(entry: dict, model_key: str):
         """(predicted classes, true labels, the model's class_to_group or None) of one model of a run on
         val, from its checkpoint; None if the checkpoint is gone."""
-        stage = "dense" if model_key == "dense" else f"moe-{entry.get('flags', {}).get('routing', 'superclass')}"
-        checkpoint = runs_dir / slug(entry["name"]) / stage / "model.npz"
+        checkpoint = _checkpoint(runs_dir, entry, model_key)
         if checkpoint not in cache:
             if not checkpoint.exists():
                 log(f"[{entry['name']}] no checkpoint at {checkpoint}: skipped")
                 return None
             model, splits = _load_with_data(checkpoint, splits_cache)
             predicted = np.argmax(predict(model, splits.val_images).logits, axis=1)  # (N,)
-            top1 = 100 * np.mean(predicted == splits.val_labels)
-            if abs(top1 - entry[model_key]["top1"]) > 1e-9:
-                raise SystemExit(f"[{entry['name']}] {checkpoint} scores {top1:.2f}% on val, the record says "
-                                 f"{entry[model_key]['top1']:.2f}%: not the recorded model, or other data; "
-                                 "nothing written")
+            _check_reproduces(entry, model_key, checkpoint, 100 * np.mean(predicted == splits.val_labels))
             cache[checkpoint] = (predicted, splits.val_labels, getattr(model, "class_to_group", None))
         return cache[checkpoint]
 
@@ -491,7 +503,7 @@ def analyse_pairs(results_dir: Path, runs_dir: Path, force: bool = False, log=pr
             groups = np.asarray(groups)
             entry["dense"]["superclass_accuracy"] = float(100 * np.mean(groups[dense_pred] == groups[labels]))
             text += f"; dense in the right superclass {entry['dense']['superclass_accuracy']:.1f}%"
-        partner = _upcycling_partner(entry, list(results.values()))
+        partner = _upcycling_partner(entry, entries)
         if partner is not None and (other := scored(partner, "moe")) is not None:
             entry["paired_vs_dense_continued"] = paired_difference(other[0] == labels, moe_pred == labels).as_dict()
             text += (f"; against {partner['name']}: {entry['paired_vs_dense_continued']['delta']:+.2f}"
