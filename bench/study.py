@@ -119,6 +119,24 @@ GRIDS = {
         # (`run --only NAME-seed1`: the whole grid over both seeds is about 20 hours on 2 cores).
         "seeds": [0, 1],
     },
+    # Issue 15, the long regularised run: the base recipe with DeiT's regularisation for 100 epochs (5 warm-up).
+    # The MoE uses base seed 0's superclasses (bench/results/study/superclasses-base-seed0.json, recomputed from
+    # that run's dense model) instead of its own dense model's, so the dense and the MoE of a pair can train
+    # side by side (`train --model dense` and `--model moe` into the same run folder, one thread each); `run`
+    # then finds both stages finished, evaluates and records. Results go to bench/results/long/ (--results).
+    # Stop rule, fixed before the run: if seed 0's MoE trails dense at 5 consecutive evaluations after epoch
+    # 60, seed 1 is not run.
+    "long": {
+        "data": "tiny-imagenet",
+        "base": {"layers": 6, "dim": 64, "patch-size": 16, "epochs": 100, "batch-size": 256, "lr": 2e-3,
+                 "weight-decay": 0.05, "warmup": 5, "label-smoothing": 0.1, "pad-mode": "reflect",
+                 "clip-grad": 0, "init": "pytorch", "eval-every": 1, **DEIT,
+                 "superclasses": "bench/results/study/superclasses-base-seed0.json"},
+        "design": "one-at-a-time",
+        "factors": {},
+        "combinations": [],
+        "seeds": [0, 1],
+    },
     # A seconds-long grid on the synthetic dataset (the test suite runs it).
     "smoke": {
         "data": "synthetic",
