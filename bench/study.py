@@ -488,7 +488,8 @@ def analyse_pairs(results_dir: Path, runs_dir: Path, force: bool = False, log=pr
     skipped unless `force`."""
     import numpy as np
 
-    from tinymoe.evaluation import paired_difference, predict
+    from tinymoe.evaluation import predict
+    from tinymoe.lab import paired_difference
 
     results = {path: json.loads(path.read_text()) for path in sorted(results_dir.glob("*.json"))}
     entries = list(results.values())  # (the same dicts: what is written below is what the partner search sees)

@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tinymoe.data import make_synthetic
-from tinymoe.evaluation import accuracy_from_logits, evaluate, paired_difference, predict
+from tinymoe.evaluation import accuracy_from_logits, evaluate, predict, predict_with_experts
+from tinymoe.lab import forced_routing, forward_with_experts, paired_difference
 from tinymoe.models import ModelConfig, build_model
 
 TINY = ModelConfig(layers=3, dim=16, heads=2, image_size=16, patch_size=8, num_classes=6, moe_layers=2, experts=3)
@@ -33,15 +34,15 @@ def test_forcing_the_routers_own_choice_changes_nothing_and_another_choice_does(
     own = predict(moe, images, batch_size=10)
     chosen = own.experts[:, 0]
     for shards in (1, 2):
-        forced = predict(moe, images, batch_size=10, shards=shards, experts=chosen)
+        forced = predict_with_experts(moe, images, chosen, batch_size=10, shards=shards)
         np.testing.assert_allclose(forced.logits, own.logits, rtol=1e-12, atol=1e-12)
         np.testing.assert_array_equal(forced.experts[:, 0], chosen)
     other = (chosen + 1) % TINY.experts  # every image to another expert
-    moved = predict(moe, images, batch_size=10, shards=2, experts=other)
+    moved = predict_with_experts(moe, images, other, batch_size=10, shards=2)
     np.testing.assert_array_equal(moved.experts[:, 0], other)
     assert np.abs(moved.logits - own.logits).max(axis=1).min() > 1e-6  # every image's output changed
     with pytest.raises(ValueError, match=r"one expert per image, shape \(23,\)"):
-        predict(moe, images, experts=chosen[:5])
+        predict_with_experts(moe, images, chosen[:5])
 
 
 def test_a_chosen_expert_is_gated_by_the_routers_confidence_in_its_own_pick(data):
@@ -54,23 +55,23 @@ def test_a_chosen_expert_is_gated_by_the_routers_confidence_in_its_own_pick(data
     own = model(x).routing
     probs = own.probs.data
     last = np.argsort(probs, axis=1)[:, 0]  # each image's least likely expert
-    forced = model(x, experts=last).routing
+    forced = forward_with_experts(model, x, last).routing
     np.testing.assert_array_equal(forced.experts[:, 0], last)
     np.testing.assert_allclose(forced.gates.data, np.sort(probs, axis=1)[:, ::-1][:, :2], rtol=1e-12)
     tokens = model.embed(x)
     for block in list(model.blocks)[: model.config.dense_layers]:
         tokens = block(tokens)  # what the router reads: the tokens after the last dense block
-    teacher = model.router(tokens, forced=last)  # gates_from="choice": the forced expert's own probability
+    teacher = forced_routing(model.router(tokens), last)  # gates_from="choice": the forced expert's own probability
     np.testing.assert_allclose(teacher.gates.data[:, 0], probs[np.arange(6), last], rtol=1e-12)
     with pytest.raises(ValueError, match="gates_from must be"):
-        model.router(tokens, forced=last, gates_from="uniform")
+        forced_routing(model.router(tokens), last, gates_from="uniform")
 
 
 def test_choosing_experts_needs_per_image_routing(data):
     for config, what in ((TINY.dense(), "a dense model"), (TINY.replace(routing="token"), "routing='token'")):
         model = build_model(config, seed=0)
         with pytest.raises(ValueError, match=what):
-            model(data.images[:2].astype(np.float32), experts=np.zeros(2, np.int64))
+            forward_with_experts(model, data.images[:2].astype(np.float32), np.zeros(2, np.int64))
 
 
 def test_top1_split_by_routing_and_the_oracle(data, moe):
@@ -87,7 +88,7 @@ def test_top1_split_by_routing_and_the_oracle(data, moe):
     # top-1 is the two parts weighted by their sizes
     assert result.top1 == pytest.approx(right.mean() * result.top1_routed_right
                                         + (1 - right.mean()) * result.top1_routed_wrong)
-    oracle = predict(moe, images, batch_size=16, experts=truth)
+    oracle = predict_with_experts(moe, images, truth, batch_size=16)
     assert result.oracle_top1 == pytest.approx(accuracy_from_logits(oracle.logits, labels)[0])
     assert evaluate(moe, images, labels).oracle_top1 is None  # only on request: it costs a second pass
     dense = build_model(TINY.dense(), seed=0)

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tinymoe.lab import teacher_forced_forward
 from tinymoe import kernels, no_grad
 from tinymoe.data import make_synthetic
 from tinymoe.evaluation import predict
@@ -53,8 +54,9 @@ CASES = {
     "superclass_k2_mean_tokens": dict(k=2, router_input="mean_tokens"),
     "learned": dict(routing="learned"),
     "random": dict(routing="random"),
-    "teacher_forcing": dict(teacher_forcing=True),
+    "teacher_forcing": dict(),  # with the lab's teacher-forced training step (FORWARDS)
 }
+FORWARDS = {"teacher_forcing": teacher_forced_forward}
 
 
 @pytest.mark.parametrize("backend", ["reference", "numba"])
@@ -74,11 +76,11 @@ def _check_sharded_gradient(tmp_path, train, case, shards):
     x = rng.standard_normal((7, 16, 16, 3))
     y = rng.integers(0, 6, 7)
 
-    whole = _trainer(tmp_path / "a", train, config, dtype=np.float64)
+    whole = _trainer(tmp_path / "a", train, config, dtype=np.float64, forward=FORWARDS.get(case))
     whole.optimizer.zero_grad()
     values_whole, out_whole = whole._forward_backward(whole.model, x, y, np.random.default_rng(0), weight=None)
 
-    sharded = _trainer(tmp_path / "b", train, config, dtype=np.float64, shards=shards)
+    sharded = _trainer(tmp_path / "b", train, config, dtype=np.float64, shards=shards, forward=FORWARDS.get(case))
     values_sharded, out_sharded = sharded._sharded_forward_backward(x, y)
 
     np.testing.assert_allclose(out_sharded.logits.data, out_whole.logits.data, rtol=1e-12, atol=1e-12)

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from tinymoe.checkpoint import load_checkpoint
 from tinymoe.data import make_synthetic
 from tinymoe.data.augment import mix_targets, one_hot
-from tinymoe.models import ConfigError, ModelConfig, VisionTransformer, build_model, upcycle
+from tinymoe.lab import teacher_forced_forward, upcycle
+from tinymoe.models import ConfigError, ModelConfig, VisionTransformer, build_model
 from tinymoe.models.layers import Block, drop_path
 from tinymoe.models.moe import ExpertMlps
 from tinymoe.models.routing import plan_dispatch, top_k
@@ -306,12 +307,12 @@ def test_upcycle_refuses_a_different_backbone_or_a_dense_target():
 # --------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("k", [1, 2])
 def test_teacher_forcing_routes_every_training_image_to_its_superclass(k):
-    model = _randomized(_config(k=k, teacher_forcing=True))
+    model = _randomized(_config(k=k))
     model.set_class_to_group(GROUPS)
     x = _images(model.config, 12)
     labels = np.arange(12) % 6
     model.train()
-    out = model(x, labels=labels)
+    out = teacher_forced_forward(model, x, labels, model.rng)
     router_choice = top_k(out.routing.router_logits.data, 3)
     assert np.any(router_choice[:, 0] != GROUPS[labels])  # the router alone would route some elsewhere
     np.testing.assert_array_equal(out.routing.experts[:, 0], GROUPS[labels])
@@ -322,24 +323,32 @@ def test_teacher_forcing_routes_every_training_image_to_its_superclass(k):
         np.testing.assert_array_equal(out.routing.experts[:, 1], others)
     np.testing.assert_array_equal(out.routing.counts, np.bincount(out.routing.experts.ravel(), minlength=3))
     model.eval()  # the router decides in evaluation, labels or not
-    routed = model(x, labels=labels).routing
+    routed = teacher_forced_forward(model, x, labels, model.rng).routing
     np.testing.assert_array_equal(routed.experts, top_k(routed.router_logits.data, k))
 
 
-def test_teacher_forcing_needs_labels_a_map_and_superclass_routing():
-    model = _randomized(_config(teacher_forcing=True))
+def test_teacher_forcing_needs_a_map_and_superclass_routing(tmp_path):
+    from tinymoe.pipeline import PipelineOptions, load_splits, run_pipeline
+
+    model = _randomized(_config())
     x = _images(model.config, 2)
+    model.train()
     with pytest.raises(ValueError, match="set_class_to_group"):
-        model(x, labels=np.array([0, 1]))
-    model.set_class_to_group(GROUPS)
-    with pytest.raises(ValueError, match="labels=labels"):
-        model(x)
-    with pytest.raises(ValueError, match="integer class indices"):
-        model(x, labels=one_hot(np.array([0, 1]), 6))
-    with pytest.raises(ConfigError, match="teacher_forcing"):
-        _config(routing="token", teacher_forcing=True)
-    dense = _config(teacher_forcing=True, expert_dropout=0.2, drop_path=0.1).dense()
-    assert (dense.teacher_forcing, dense.expert_dropout, dense.drop_path) == (False, 0.0, 0.1)
+        teacher_forced_forward(model, x, np.array([0, 1]), model.rng)
+    model.set_class_to_group(GROUPS)  # soft targets (mixup) route by their dominant label
+    soft = teacher_forced_forward(model, x, one_hot(np.array([0, 1]), 6) * 0.6 + 0.4 / 6, model.rng).routing
+    np.testing.assert_array_equal(soft.experts[:, 0], GROUPS[[0, 1]])
+    token = _randomized(_config(routing="token"))
+    token.train()
+    with pytest.raises(ValueError, match="per-image routing"):
+        teacher_forced_forward(token, x, np.array([0, 1]), token.rng)
+    splits = load_splits("synthetic", experts=3, synthetic_per_class=4, synthetic_size=8)
+    for routing in ("token", "learned"):
+        opts = PipelineOptions(out=tmp_path, model=_config(routing=routing), teacher_forcing=True)
+        with pytest.raises(ConfigError, match="teacher forcing routes each image by its superclass"):
+            run_pipeline(splits, opts, log=lambda *_: None)
+    dense = _config(expert_dropout=0.2, drop_path=0.1).dense()
+    assert (dense.expert_dropout, dense.drop_path) == (0.0, 0.1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -361,16 +370,16 @@ def _trainer(tmp, data, config, **cfg):
     return tiny_trainer(tmp, train, config, training_data, **cfg)
 
 
-@pytest.mark.parametrize("config", [
-    TINY.replace(drop_path=0.2, expert_dropout=0.2, teacher_forcing=True),
-    TINY.replace(routing="token", drop_path=0.2, expert_dropout=0.2),
+@pytest.mark.parametrize("config, forward", [
+    (TINY.replace(drop_path=0.2, expert_dropout=0.2), teacher_forced_forward),
+    (TINY.replace(routing="token", drop_path=0.2, expert_dropout=0.2), None),
 ], ids=["superclass-teacher-forced", "token"])
-def test_stopping_and_resuming_with_regularisation_gives_the_same_parameters(tmp_path, data, config):
-    straight = _trainer(tmp_path / "a", data, config, **REGULARISED)
+def test_stopping_and_resuming_with_regularisation_gives_the_same_parameters(tmp_path, data, config, forward):
+    straight = _trainer(tmp_path / "a", data, config, forward=forward, **REGULARISED)
     straight.run()
-    first = _trainer(tmp_path / "b", data, config, max_steps=13, **REGULARISED)  # inside epoch 2 of 3
+    first = _trainer(tmp_path / "b", data, config, forward=forward, max_steps=13, **REGULARISED)  # inside epoch 2
     assert not first.run().completed
-    second = _trainer(tmp_path / "b", data, config, **REGULARISED)
+    second = _trainer(tmp_path / "b", data, config, forward=forward, **REGULARISED)
     assert second.run(resume=True).completed
     a, b = straight.model.state_dict(), second.model.state_dict()
     for name in a:
@@ -405,7 +414,7 @@ def test_cli_flags_reach_the_configs():
     train, model = train_config(args), model_config(args, num_classes=200, image_size=64)
     assert (train.randaugment_ops, train.randaugment_magnitude, train.random_erase) == (2, 7.0, 0.25)
     assert (train.mixup_alpha, train.cutmix_alpha, train.mix_prob, train.mix_switch_prob) == (0.8, 1.0, 0.9, 0.3)
-    assert (model.drop_path, model.expert_dropout, model.teacher_forcing) == (0.1, 0.2, True)
+    assert (model.drop_path, model.expert_dropout, args.teacher_forcing) == (0.1, 0.2, True)
     assert (model.k, model.experts, model.router_input) == (2, 6, "mean_tokens")
     assert args.upcycle
     defaults = build_parser().parse_args([])
@@ -414,7 +423,7 @@ def test_cli_flags_reach_the_configs():
     assert train_config(defaults) == TrainConfig(pad_mode="reflect", clip_grad=None)
     plain = model_config(defaults, num_classes=200, image_size=64)
     assert plain.init == "pytorch"  # the calibrated initialisation (ModelConfig's own default is "timm")
-    assert (plain.drop_path, plain.expert_dropout, plain.teacher_forcing, defaults.upcycle) == (0.0, 0.0, False, False)
+    assert (plain.drop_path, plain.expert_dropout, defaults.teacher_forcing, defaults.upcycle) == (0.0, 0.0, False, False)
     assert build_parser().parse_args(["--random-erase", "0.1"]).random_erase == 0.1
 
 
@@ -430,7 +439,7 @@ def test_cli_runs_the_protocol_with_every_option_and_upcycles(tmp_path, monkeypa
     assert code == 0, capsys.readouterr().err
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["moe"]["upcycled"] is True
-    assert results["moe"]["config"]["teacher_forcing"] and results["moe"]["config"]["expert_dropout"] == 0.1
+    assert results["moe"]["teacher_forcing"] and results["moe"]["config"]["expert_dropout"] == 0.1
     assert results["dense"]["config"]["drop_path"] == 0.1 and results["dense"]["config"]["expert_dropout"] == 0.0
     assert results["train_config"]["mixup_alpha"] == 0.8 and results["train_config"]["randaugment_ops"] == 2
     moe = load_checkpoint(tmp_path / "moe-superclass" / "model.npz")

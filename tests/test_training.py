@@ -294,3 +294,11 @@ def test_uneven_expert_load_is_reported_but_a_single_expert_is_not(tmp_path, dat
     trainer._warn_on_collapse(2, np.array([9, 1, 0]))
     assert "epoch 1: 1 of 3 experts got no images; the busiest expert got 62%" in lines[0]
     assert "epoch 3: 1 of 3 experts got no images; the busiest expert got 90%" in lines[1] and "Expert collapse" in lines[1]
+
+
+def test_the_cli_knows_which_routing_variants_route_per_token():
+    """train.py decides its thread layout before NumPy loads, from a list of names; it must match the routers."""
+    from tinymoe.models import ROUTERS
+    from tinymoe.train import PER_TOKEN_ROUTING
+
+    assert set(PER_TOKEN_ROUTING) == {name for name, router in ROUTERS.items() if router.per_token}

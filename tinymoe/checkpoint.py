@@ -41,6 +41,7 @@ FORMAT = "tinymoe-checkpoint"
 VERSION = 1
 _METADATA_KEY = "__metadata__"
 _CLASS_TO_GROUP_KEY = "class_to_group"
+LEGACY_FIELDS = ("teacher_forcing",)  # ModelConfig fields of older checkpoints, dropped on load
 
 
 class CheckpointError(ValueError):
@@ -223,7 +224,9 @@ def load_checkpoint(path, model=None, *, check_config: bool = True) -> Checkpoin
     arrays = _read_arrays(path)
     document = _parse_document(path, arrays)
     try:
-        config = ModelConfig.from_dict(document["config"])
+        # Checkpoints written before the study's training-only routing option moved to tinymoe.lab carry it
+        # as a model field; it never changed the weights' meaning or the eval-mode forward pass.
+        config = ModelConfig.from_dict({k: v for k, v in document["config"].items() if k not in LEGACY_FIELDS})
     except (ConfigError, TypeError, KeyError) as e:
         raise CheckpointError(f"{path}: the saved config is invalid: {e}") from e
 

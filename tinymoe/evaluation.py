@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from tinymoe.data.batches import IMAGENET_MEAN, IMAGENET_STD, BatchLoader
+from tinymoe.lab.routing import forward_with_experts
 from tinymoe.parallel import ShardPool
 from tinymoe.tensor import no_grad
 
@@ -43,19 +44,14 @@ class EvalResult:
 
 def predict(
     model, images: np.ndarray, batch_size: int = 256, mean=IMAGENET_MEAN, std=IMAGENET_STD, shards: int = 1,
-    experts: np.ndarray | None = None,
+    forward=None,
 ) -> Predictions:
     """Run `model` in eval mode over uint8 images (N, H, W, 3); restores the model's previous mode.
 
     `shards` > 1 splits every batch into that many slices run on as many threads (see tinymoe.parallel):
     an eval-mode forward pass changes nothing in the model, so the threads share it as it is.
-    `experts` (N,) int: route image i to expert experts[i] instead of the router's choice (per-image
-    routing; see VisionTransformer.forward)."""
-    if experts is not None:
-        experts = np.asarray(experts, dtype=np.int64)
-        if experts.shape != (images.shape[0],):
-            raise ValueError(f"predict: experts must give one expert per image, shape ({images.shape[0]},); "
-                             f"got {experts.shape}")
+    `forward(model, x, rows)`, if given, replaces `model(x)`: `rows` are the dataset indices of the images
+    in x (e.g. the lab's oracle routing, `evaluate(..., oracle=True)`)."""
     loader = BatchLoader(images, np.zeros(images.shape[0], np.int64), batch_size, shuffle=False, mean=mean, std=std)
     pool = ShardPool(shards)
     was_training = model.training
@@ -64,9 +60,10 @@ def predict(
 
     def run(x, offset):
         def shard(_index, start, stop):
-            chosen = None if experts is None else experts[offset + start: offset + stop]
             with no_grad():  # per thread: each shard thread must switch recording off itself
-                return model(x[start:stop], experts=chosen)
+                if forward is None:
+                    return model(x[start:stop])
+                return forward(model, x[start:stop], np.arange(offset + start, offset + stop))
 
         return pool.run(shard, pool.bounds(x.shape[0]))
 
@@ -112,50 +109,19 @@ def cross_entropy_np(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(-np.mean(log_probs[np.arange(labels.size), labels])) if labels.size else 0.0
 
 
-@dataclass
-class PairedDifference:
-    """Top-1 of model B minus top-1 of model A on the same images, and how much of it the images decide.
-
-    Per image i let d_i = [B right] - [A right], which is -1, 0 or +1. Then Δ = mean(d) (in percent below)
-    and, treating the n images as a sample from the distribution they were drawn from, Δ's standard error
-    is sd(d) / √n. Images both models get right or both get wrong have d_i = 0: only the discordant ones
-    (`b_only_right`, `a_only_right`) make Δ uncertain, which is why this paired error is much smaller than
-    that of two accuracies measured on separate image sets. It covers the choice of images only, not the
-    training noise (another seed gives other models), which is often larger."""
-
-    images: int
-    delta: float  # percent: top1(B) - top1(A)
-    standard_error: float  # percent
-    b_only_right: int  # images B classifies correctly and A does not
-    a_only_right: int  # ... and the other way round
-
-    def interval(self, z: float = 1.96) -> tuple[float, float]:
-        """Δ ± z standard errors (z = 1.96: the normal approximation's 95% interval), in percent."""
-        return self.delta - z * self.standard_error, self.delta + z * self.standard_error
-
-    def as_dict(self) -> dict:
-        return {**asdict(self), "ci95": list(self.interval())}
-
-
-def paired_difference(correct_a: np.ndarray, correct_b: np.ndarray) -> PairedDifference:
-    """Compare two models on the same images from their per-image correctness (bool arrays, (N,) each)."""
-    a, b = np.asarray(correct_a), np.asarray(correct_b)
-    if a.dtype != np.bool_ or b.dtype != np.bool_ or a.ndim != 1 or a.shape != b.shape:
-        raise ValueError(f"paired_difference: needs two bool arrays of the same shape (N,), one entry per image; "
-                         f"got {a.dtype} {a.shape} and {b.dtype} {b.shape}")
-    n = a.size
-    if n < 2:
-        raise ValueError(f"paired_difference: needs at least 2 images for a standard error, got {n}")
-    d = b.astype(np.float64) - a.astype(np.float64)  # (N,) in {-1, 0, +1}
-    se = d.std(ddof=1) / np.sqrt(n)  # ddof=1: the sample's variance estimates the population's without bias
-    return PairedDifference(images=int(n), delta=float(d.mean() * 100), standard_error=float(se * 100),
-                            b_only_right=int(np.sum(b & ~a)), a_only_right=int(np.sum(a & ~b)))
+def predict_with_experts(model, images, experts, **predict_args) -> Predictions:
+    """`predict` with image i sent to expert experts[i] (the oracle's routing: `tinymoe.lab.routing`),
+    gated by the router's own top probabilities."""
+    experts = np.asarray(experts, dtype=np.int64)
+    if experts.shape != (images.shape[0],):
+        raise ValueError(f"predict_with_experts: experts must give one expert per image, shape ({images.shape[0]},); "
+                         f"got {experts.shape}")
+    return predict(model, images, forward=lambda m, x, rows: forward_with_experts(m, x, experts[rows]), **predict_args)
 
 
 def supports_oracle(model) -> bool:
     """Whether `evaluate(model, ..., oracle=True)` applies: a per-image-routed MoE with superclasses."""
-    c = model.config
-    return c.is_moe and c.routing != "token" and getattr(model, "class_to_group", None) is not None
+    return getattr(model, "router", None) is not None and getattr(model, "class_to_group", None) is not None
 
 
 def evaluate(
@@ -185,7 +151,7 @@ def evaluate(
         routing["top1_routed_right"] = float(np.mean(correct[right]) * 100) if right.any() else None
         routing["top1_routed_wrong"] = float(np.mean(correct[~right]) * 100) if (~right).any() else None
         if oracle:
-            forced = predict(model, images, batch_size, mean, std, shards=shards, experts=truth)
+            forced = predict_with_experts(model, images, truth, batch_size=batch_size, mean=mean, std=std, shards=shards)
             routing["oracle_top1"] = accuracy_from_logits(forced.logits, labels)[0]
     return EvalResult(
         images=int(labels.size),
@@ -198,5 +164,5 @@ def evaluate(
     )
 
 
-__all__ = ["EvalResult", "PairedDifference", "Predictions", "accuracy_from_logits", "evaluate", "paired_difference",
-           "predict", "supports_oracle"]
+__all__ = ["EvalResult", "Predictions", "accuracy_from_logits", "evaluate", "predict", "predict_with_experts",
+           "supports_oracle"]

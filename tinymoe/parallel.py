@@ -39,6 +39,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from tinymoe.models.moe import router_class
+
 
 def shard_bounds(batch: int, shards: int) -> list[tuple[int, int]]:
     """Contiguous [start, stop) slices of a batch, as equal as possible (sizes differ by at most one).
@@ -192,7 +194,7 @@ def add_gradients(model, replicas: Sequence) -> None:
 
 def check_shardable(config, shards: int) -> None:
     """Refuse sharding where it would change the loss (see the module docstring)."""
-    if shards > 1 and config.is_moe and config.routing == "token":
+    if shards > 1 and config.is_moe and router_class(config).per_token:
         raise ValueError(
             f"{shards} shards: token routing's balance losses are computed from the whole batch and do not "
             "split over shards, so a token-routed model trains on one shard (shards=1, --threads 1 ... or let the "

@@ -15,7 +15,7 @@ comparison only. The MoE trains on the same images as the dense model, so the tw
 their architecture.
 
 With `upcycle=True` the MoE does not start from random weights but from the trained dense model
-(`tinymoe.models.upcycle`: every shared weight copied, every expert a copy of its block's dense MLP,
+(`tinymoe.lab.upcycle`: every shared weight copied, every expert a copy of its block's dense MLP,
 the router fresh); it then trains for the same number of epochs, so it has seen twice the training
 of the dense model it is compared with (reported as `upcycled` in results.json).
 """
@@ -43,7 +43,9 @@ from tinymoe.data import (
 )
 from tinymoe.data.downsampled import find_batches
 from tinymoe.evaluation import evaluate, predict, supports_oracle
-from tinymoe.models import ModelConfig, build_model, count, upcycle
+from tinymoe.lab import teacher_forced_forward, upcycle
+from tinymoe.models import ConfigError, ModelConfig, build_model, count, router_class
+from tinymoe.models.moe import SuperclassRouter
 from tinymoe.training import Trainer, TrainConfig, TrainingData
 
 DEFAULT_DATA_ROOT = "data"  # where `--data tiny-imagenet` looks (and downloads to), unless TINYMOE_DATA is set
@@ -164,6 +166,7 @@ class PipelineOptions:
     model_seed: int = 0  # initial weights
     resume: bool = False  # continue interrupted stages from their last.npz
     upcycle: bool = False  # initialise the MoE from the trained dense model (experts = copies of its MLPs)
+    teacher_forcing: bool = False  # train the MoE routing each image by its true superclass (tinymoe.lab.routing)
 
 
 def _stage_dir(opts: PipelineOptions, stage: str) -> Path:
@@ -186,7 +189,9 @@ def _train_stage(stage: str, config: ModelConfig, data: TrainingData, opts: Pipe
         model = build_model(config, seed=opts.model_seed)
     if groups is not None:
         model.set_class_to_group(groups)
-    summary = Trainer(model, opts.train, data, out_dir, log=log, metadata=metadata).run(resume=opts.resume)
+    forward = teacher_forced_forward if (opts.teacher_forcing and config.is_moe) else None
+    summary = Trainer(model, opts.train, data, out_dir, log=log, metadata=metadata, forward=forward).run(
+        resume=opts.resume)
     if not summary.completed:
         return None  # stopped early (max_steps): later stages need the finished model
     return model
@@ -214,6 +219,9 @@ def run_pipeline(splits: Splits, opts: PipelineOptions, log=print) -> dict:
     opts.out.mkdir(parents=True, exist_ok=True)
     moe_config = opts.model.replace(num_classes=splits.num_classes, image_size=splits.image_size)
     dense_config = moe_config.dense()
+    if opts.teacher_forcing and not issubclass(router_class(moe_config), SuperclassRouter):
+        raise ConfigError(f"teacher forcing routes each image by its superclass, which routing={moe_config.routing!r} "
+                          "does not have; use routing='superclass' (or 'random'), or leave teacher forcing off")
     train_idx, holdout = holdout_split(splits.train_labels, opts.holdout_fraction, seed=opts.train.seed)
     data = TrainingData(splits.train_images, splits.train_labels, train_indices=train_idx,
                         eval_images=splits.val_images, eval_labels=splits.val_labels, eval_name="val")
@@ -230,7 +238,7 @@ def run_pipeline(splits: Splits, opts: PipelineOptions, log=print) -> dict:
             return results
 
     groups = None
-    needs_groups = moe_config.routing == "superclass"
+    needs_groups = router_class(moe_config).needs_superclasses
     if opts.superclasses_file is not None:
         groups = sc.load_superclasses(opts.superclasses_file).assignment
         if groups.shape != (splits.num_classes,):
@@ -274,6 +282,7 @@ def run_pipeline(splits: Splits, opts: PipelineOptions, log=print) -> dict:
                  "active_params": cost.active_params, **result.as_dict()}
         if name == "moe":
             entry["upcycled"] = bool(opts.upcycle)
+            entry["teacher_forcing"] = bool(opts.teacher_forcing)
         if name == "moe" and splits.true_groups is not None and groups is not None:
             entry["superclasses_match_planted_groups"] = bool(_same_partition(groups, splits.true_groups))
         results[name] = entry

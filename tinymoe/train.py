@@ -27,6 +27,10 @@ import os
 import sys
 from pathlib import Path
 
+# The routing variants whose routers route each token (tinymoe.models.moe.ROUTERS[name].per_token): the
+# command line must know before NumPy loads, to pick its thread layout; a test holds the two equal.
+PER_TOKEN_ROUTING = ("token",)
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -176,14 +180,13 @@ def model_config(args, num_classes: int, image_size: int):
         layers=args.layers, dim=args.dim, heads=args.heads, image_size=image_size, patch_size=args.patch_size,
         num_classes=num_classes, moe_layers=args.moe_layers, experts=args.experts, k=args.k,
         routing=args.routing, router_weight=args.router_weight, router_input=args.router_input,
-        drop_path=args.drop_path, expert_dropout=args.expert_dropout, teacher_forcing=args.teacher_forcing,
-        init=args.init,
+        drop_path=args.drop_path, expert_dropout=args.expert_dropout, init=args.init,
     )
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    shards = setup_process(args.threads, shard=args.routing != "token")
+    shards = setup_process(args.threads, shard=args.routing not in PER_TOKEN_ROUTING)
 
     # Heavy imports only now (see the module docstring).
     from tinymoe.checkpoint import CheckpointError
@@ -213,7 +216,8 @@ def main(argv=None) -> int:
         out = args.out or Path("runs") / f"{args.layers}x{args.dim}-{splits.name}"
         opts = PipelineOptions(out=out, model=model, train=train, stages=stages,
                                holdout_fraction=args.holdout_fraction, superclasses_file=args.superclasses,
-                               model_seed=args.seed, resume=args.resume, upcycle=args.upcycle)
+                               model_seed=args.seed, resume=args.resume, upcycle=args.upcycle,
+                               teacher_forcing=args.teacher_forcing)
         print(f"tinymoe: {splits.name}, {splits.train_images.shape[0]} train / {splits.val_images.shape[0]} val "
               f"images, {splits.num_classes} classes -> {out}", flush=True)
         run_pipeline(splits, opts)

@@ -204,10 +204,13 @@ class Trainer:
 
     def __init__(
         self, model, cfg: TrainConfig, data: TrainingData, out_dir, *, log=print, progress: bool | None = None,
-        metadata: dict | None = None,
+        metadata: dict | None = None, forward=None,
     ):
-        """`metadata` (JSON-serialisable) is stored in every checkpoint, e.g. which data the run used."""
+        """`metadata` (JSON-serialisable) is stored in every checkpoint, e.g. which data the run used.
+        `forward(model, x, y, rng)`, if given, replaces `model(x, rng=rng)` in training steps (the lab's
+        teacher forcing, `tinymoe.lab.teacher_forced_forward`)."""
         self.model, self.cfg, self.data = model, cfg, data
+        self.forward = forward or (lambda model_, x, _y, rng: model_(x, rng=rng))
         self.metadata = dict(metadata or {})
         self.out_dir = Path(out_dir)
         self.log = log
@@ -466,9 +469,8 @@ class Trainer:
         """Forward, loss and backward of one batch (or shard) on `model`; returns (loss terms, output).
 
         `weight` seeds the backward pass (None: 1, the plain gradient of this batch's mean loss)."""
-        # labels= is used only by teacher forcing (routing by the true superclass; under mixing, the
-        # dominant label's); the rng also draws stochastic depth and expert dropout masks.
-        out = model(x, rng=rng, labels=dominant_labels(y))
+        # The rng draws the router noise of token routing, stochastic depth and expert dropout masks.
+        out = self.forward(model, x, y, rng)
         # Check the outputs before the loss: cross_entropy refuses non-finite logits with a ValueError,
         # but here the right report is *which step* diverged and where the last good state is.
         if not np.all(np.isfinite(out.logits.data)):

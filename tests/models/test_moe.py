@@ -11,7 +11,7 @@ from model_helpers import module_gradcheck, routing_margin
 from tinymoe import Tensor, no_grad, ops
 from tinymoe.gradcheck import gradcheck
 from tinymoe.models import ModelConfig, VisionTransformer, random_class_groups, router_accuracy
-from tinymoe.models.moe import ExpertMlps, ImageRouter, MoEBlock, cv_squared, importance_loss, load_loss
+from tinymoe.models.moe import ExpertMlps, ImageRouter, MoEBlock, TokenMoEBlock, cv_squared, importance_loss, load_loss
 from tinymoe.models.routing import plan_dispatch
 from tinymoe.testing import strategies as st_
 
@@ -49,7 +49,7 @@ def test_moe_block_gradcheck_per_image_routing(k, data):
     experts = data.draw(st.integers(k, 3))
     batch, tokens = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3))
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
-    block = MoEBlock(dim, heads, 2 * dim, experts, 1e-6, token_routing=False, rng=rng, dtype=np.float64)
+    block = MoEBlock(dim, heads, 2 * dim, experts, 1e-6, rng=rng, dtype=np.float64)
     router = ImageRouter(dim, experts, k, "class_token", rng=rng, dtype=np.float64)
     randomize(block, rng)
     randomize(router, rng, scale=1.0)
@@ -59,7 +59,7 @@ def test_moe_block_gradcheck_per_image_routing(k, data):
     def run(x, w):
         router.weight, saved = w, router.weight
         try:
-            return block(x, router(x))
+            return block(x, router(x))[0]
         finally:
             router.weight = saved
 
@@ -77,16 +77,17 @@ def test_moe_block_gradcheck_token_routing(data):
     capacity_factor = data.draw(st.sampled_from([0.3, 1.0, 5.0]))
     noise_std = data.draw(st.sampled_from([0.0, 0.5]))
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
-    block = MoEBlock(dim, heads, 2 * dim, experts, 1e-6, token_routing=True, rng=rng, dtype=np.float64)
+    block = TokenMoEBlock(dim, heads, 2 * dim, experts, 1e-6, rng=rng, dtype=np.float64, k=k,
+                          capacity_factor=capacity_factor, router_noise=noise_std * experts)  # std = noise / E
     randomize(block, rng)
     x = rng.standard_normal((batch, tokens, dim))  # (constant rows would make LayerNorm ill-conditioned)
 
     def run(x):
-        y, _ = block.forward_token_routed(x, k, capacity_factor, noise_std, np.random.default_rng(3))
+        y, _ = block(x, None, np.random.default_rng(3))
         return y
 
     with no_grad():
-        _, r = block.forward_token_routed(Tensor(x), k, capacity_factor, noise_std, np.random.default_rng(3))
+        _, r = block(Tensor(x), None, np.random.default_rng(3))
     assume(routing_margin(r.router_logits.data + r.noise, k) > 1e-4)
     module_gradcheck(block, run, [x])
 
@@ -188,7 +189,7 @@ def test_all_tokens_of_an_image_go_through_its_experts(k, batch, seed):
     block = model.blocks[1]
     after_attn = tokens + block.attn(block.norm1(tokens))
     h = layer_norm(after_attn.data, block.norm2.weight.data, block.norm2.bias.data)
-    moe_out = block(tokens, out.routing).data
+    moe_out = block(tokens, out.routing)[0].data
     for b in range(batch):
         expected = after_attn.data[b].copy()
         for j, e in enumerate(out.routing.experts[b]):
@@ -247,11 +248,12 @@ def test_token_routing_capacity_and_dropped_tokens(capacity_factor, k, seed, tra
     gated sum over its kept pairs, so a token with none kept leaves the block with the residual alone."""
     rng = np.random.default_rng(seed)
     dim, experts, tokens = 8, 3, 7
-    block = MoEBlock(dim, 2, 16, experts, 1e-6, token_routing=True, rng=rng, dtype=np.float64)
+    block = TokenMoEBlock(dim, 2, 16, experts, 1e-6, rng=rng, dtype=np.float64, k=k, capacity_factor=capacity_factor,
+                          eval_capacity_factor=capacity_factor, router_noise=0.3 * experts)  # noise std 0.3
     randomize(block, rng)
+    block.train(training)  # eval mode: no noise
     x = Tensor(rng.standard_normal((2, tokens, dim)))
-    noise_std = 0.3 if training else 0.0
-    y, r = block.forward_token_routed(x, k, capacity_factor, noise_std, np.random.default_rng(seed))
+    y, r = block(x, None, np.random.default_rng(seed))
     assert r.capacity == max(1, int(np.ceil(capacity_factor * k * tokens / experts)))
     for b in range(2):
         for e in range(experts):

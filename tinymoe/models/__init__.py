@@ -5,14 +5,13 @@
     >>> out = model(images)              # images: float32 (B, 64, 64, 3), channel-last
     >>> terms = model.loss(out, labels)  # after model.set_class_to_group(superclasses)
     >>> terms.total.backward()
-    >>> moe = upcycle(dense_model, moe_config, seed=0)   # an MoE whose experts start as the dense MLPs
 """
 
 from tinymoe.models.config import ROUTER_INPUTS, ROUTING_VARIANTS, ConfigError, ModelConfig, default_heads
 from tinymoe.models.flops import ModelCost, count
 from tinymoe.models.losses import LossTerms, model_loss, router_accuracy
-from tinymoe.models.moe import ImageRouting, TokenRouting, random_class_groups
-from tinymoe.models.vit import ModelOutput, VisionTransformer, build_model, upcycle
+from tinymoe.models.moe import ROUTERS, ImageRouting, TokenRouting, random_class_groups, router_class
+from tinymoe.models.vit import ModelOutput, VisionTransformer, build_model
 
 __all__ = [
     "ConfigError",
@@ -22,6 +21,7 @@ __all__ = [
     "ModelCost",
     "ModelOutput",
     "ROUTER_INPUTS",
+    "ROUTERS",
     "ROUTING_VARIANTS",
     "TokenRouting",
     "VisionTransformer",
@@ -31,5 +31,5 @@ __all__ = [
     "model_loss",
     "random_class_groups",
     "router_accuracy",
-    "upcycle",
+    "router_class",
 ]

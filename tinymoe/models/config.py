@@ -69,12 +69,10 @@ class ModelConfig:
     router_noise: float = 1.0  # training noise: logits + N(0, (router_noise / E)^2); 0 = no noise
     balance_weight: float = 0.01  # weight of (importance + load) / 2, added once per MoE block
 
-    # ---- regularisation and routing in training (no effect in eval mode; defaults = off) ----
+    # ---- regularisation (no effect in eval mode; defaults = off) ----
     drop_path: float = 0.0  # stochastic depth: block i drops its residual branches per image with rate
     #                         drop_path * i / (layers - 1) (DeiT's linear rule); 0.0 = off
     expert_dropout: float = 0.0  # dropout on the hidden activations of the expert MLPs; 0.0 = off
-    teacher_forcing: bool = False  # route each training image to its TRUE superclass's expert (superclass
-    #                                and random routing); False = the router's choice, as the paper
 
     def __post_init__(self):
         def positive_int(name):
@@ -125,13 +123,6 @@ class ModelConfig:
         for name in ("drop_path", "expert_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{name} must be in [0, 1) (a probability of dropping), got {getattr(self, name)}")
-        if not isinstance(self.teacher_forcing, bool):
-            raise ConfigError(f"teacher_forcing must be True or False, got {self.teacher_forcing!r}")
-        if self.teacher_forcing and self.is_moe and self.routing not in ("superclass", "random"):
-            raise ConfigError(
-                f"teacher_forcing routes by each image's superclass, which routing={self.routing!r} does not have; "
-                "use routing='superclass' (or 'random'), or leave teacher_forcing off"
-            )
 
     # ---- derived sizes ----
     @property
@@ -170,9 +161,9 @@ class ModelConfig:
     # ---- conversions ----
     def dense(self) -> ModelConfig:
         """The dense ViT with the same backbone (the paper's baseline for this MoE). It keeps drop_path (a
-        regulariser of the backbone both models share) and turns off the MoE-only expert_dropout and
-        teacher_forcing, so a dense checkpoint never claims settings it could not use."""
-        return dataclasses.replace(self, moe_layers=0, expert_dropout=0.0, teacher_forcing=False)
+        regulariser of the backbone both models share) and turns off the MoE-only expert_dropout, so a
+        dense checkpoint never claims settings it could not use."""
+        return dataclasses.replace(self, moe_layers=0, expert_dropout=0.0)
 
     def drop_path_rates(self) -> list[float]:
         """Stochastic-depth rate of each block: linear from 0 (first block) to drop_path (last), as DeiT."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tinymoe.models.config import ModelConfig
+from tinymoe.models.moe import router_class
 
 
 @dataclass(frozen=True)
@@ -82,10 +83,9 @@ def count(config: ModelConfig) -> ModelCost:
         # Each chosen expert runs on all N tokens (per-image routing), or each token visits k experts
         # (token routing): k expert MLPs' worth of work per MoE block either way.
         macs["mlp.experts"] = c.moe_layers * c.k * mlp_macs(n, d, h)
-        if c.routing == "token":
-            macs["router"] = c.moe_layers * n * d * c.experts  # a router per block, on every token
-        else:
-            macs["router"] = d * c.experts  # one router per image, on one D-vector
+        per_token = router_class(c).per_token
+        # token routing: a router per block, on every token; per-image: one router, on one D-vector
+        macs["router"] = c.moe_layers * n * d * c.experts if per_token else d * c.experts
     macs["head"] = d * c.num_classes
 
     block_shared = 4 * d + (d * 3 * d + 3 * d) + (d * d + d)  # two LayerNorms, qkv, proj
@@ -94,7 +94,7 @@ def count(config: ModelConfig) -> ModelCost:
     params += c.dense_layers * mlp_params(d, h)
     params += c.moe_layers * c.experts * mlp_params(d, h)
     if c.is_moe:
-        params += (c.moe_layers if c.routing == "token" else 1) * d * c.experts  # bias-free routers
+        params += (c.moe_layers if router_class(c).per_token else 1) * d * c.experts  # bias-free routers
     params += 2 * d + d * c.num_classes + c.num_classes  # final LayerNorm, head
     unused = c.moe_layers * (c.experts - c.k) * mlp_params(d, h)
     return ModelCost(config=c, macs=macs, params=params, active_params=params - unused)

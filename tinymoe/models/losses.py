@@ -68,32 +68,27 @@ def _labels(labels, batch: int, num_classes: int) -> np.ndarray:
     return labels
 
 
-def model_loss(output, labels, config: ModelConfig, class_to_group=None, label_smoothing: float = 0.0) -> LossTerms:
-    """The loss of one batch (see the module docstring). `output` is a ModelOutput."""
+def model_loss(output, labels, config: ModelConfig, router=None, class_to_group=None,
+               label_smoothing: float = 0.0) -> LossTerms:
+    """The loss of one batch (see the module docstring). `output` is a ModelOutput; `router` the model's
+    per-image router (its `aux_loss` is the router term; None for dense and token-routed models)."""
     batch = output.logits.shape[0]
     labels = _labels(labels, batch, config.num_classes)
     classification = ops.cross_entropy(output.logits, labels, label_smoothing=label_smoothing)
     total = classification
     terms = LossTerms(total=total, classification=float(classification.item()))
-
-    if config.is_moe and config.routing in ("superclass", "random"):
-        if class_to_group is None:
+    if output.routing is not None:  # per-image routing: the router's own term, if its variant has one
+        if router.needs_superclasses and class_to_group is None:
             raise ValueError(
                 f"routing={config.routing!r} trains the router to predict each image's superclass, but the model "
                 "has no class -> superclass map: call model.set_class_to_group(groups) with one group in "
                 f"[0, {config.experts}) per class (e.g. from tinymoe.superclasses), or use routing='learned'"
             )
-        groups = np.asarray(class_to_group)
-        if labels.ndim == 1:
-            targets = groups[labels]  # (B,) the superclass of each image
-        else:  # soft targets (B, C) -> their mass per superclass (B, E)
-            membership = np.zeros((config.num_classes, config.experts), dtype=labels.dtype)  # G (C, E)
-            membership[np.arange(config.num_classes), groups] = 1
-            targets = labels @ membership
-        router = ops.cross_entropy(output.routing.router_logits, targets)
-        terms.router = float(router.item())
-        total = total + config.router_weight * router
-    if config.is_moe and config.routing == "token":
+        aux = router.aux_loss(output.routing, labels, class_to_group)
+        if aux is not None:
+            terms.router = float(aux.item())
+            total = total + config.router_weight * aux
+    if output.token_routing:  # token routing: each MoE block's balance term
         balance = None
         importance, load = [], []
         for r in output.token_routing:

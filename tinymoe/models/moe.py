@@ -20,11 +20,8 @@ Gates: an expert's output is multiplied by its softmax probability, NOT renormal
 With k = 1 renormalising would make every gate 1 and cut the router off from the classification loss
 (the only signal a `learned` router has); V-MoE does not renormalise either.
 
-Teacher forcing (`ModelConfig.teacher_forcing`, per-image routing with superclass targets, training
-only): each image goes to the expert of its TRUE superclass instead of the router's top choice (for
-k > 1, the remaining k - 1 experts are the router's best others). The gate is still the router's
-softmax probability of that expert, so the router keeps learning through the gate and its superclass
-loss, and every expert trains only on its own superclass. In eval mode the router decides, as always.
+The study's overrides of the router's decision are not here: `tinymoe.lab.routing` makes them from
+outside, on the routing these routers return.
 
 Sparse compute: experts are stored stacked, (E, D, hidden), and each expert runs one matrix product on
 exactly the rows routed to it (see `tinymoe.models.routing`); no expert ever sees a masked-out row.
@@ -162,48 +159,71 @@ class ImageRouting:
 
 
 class ImageRouter(Module):
-    """Mobile V-MoE's router: probs = softmax(r W) for one representation r per image; W is (D, E), no bias."""
+    """Mobile V-MoE's router: probs = softmax(r W) for one representation r per image; W is (D, E), no bias.
+
+    The routing variants are subclasses, chosen by name (`ROUTERS`, `ModelConfig.routing`); they route
+    alike and differ only in what the router learns from (`aux_loss`)."""
+
+    per_token = False  # one decision per image, shared by every MoE block
+    needs_superclasses = False  # whether training needs a class -> superclass map (set_class_to_group)
 
     def __init__(self, dim: int, experts: int, k: int, router_input: str, rng: np.random.Generator, dtype=np.float32):
         super().__init__()
         self.k, self.router_input = k, router_input
         self.weight = Parameter(truncated_normal(rng, (dim, experts), dtype=dtype))  # (D, E)
 
-    def forward(self, x: Tensor, forced: np.ndarray | None = None, gates_from: str = "choice") -> ImageRouting:
-        """x: (B, N, D), the tokens after the last dense block (class token first).
-
-        forced: optional (B,) experts that must be each image's first choice (teacher forcing); the
-        other k - 1 choices are the router's best remaining experts.
-        gates_from: "choice" (training, teacher forcing): each chosen expert's gate is its own probability,
-        so the router learns through it. "router" (analysis, e.g. the oracle): the chosen experts get the
-        router's top-k probabilities, the confidence it gave its own picks, so a forced expert's output
-        keeps the scale the experts were trained at instead of being shrunk by a low probability.
-        """
-        if gates_from not in ("choice", "router"):
-            raise ValueError(f"ImageRouter: gates_from must be 'choice' or 'router', got {gates_from!r}")
+    def forward(self, x: Tensor) -> ImageRouting:
+        """x: (B, N, D), the tokens after the last dense block (class token first)."""
         if self.router_input == "class_token":
             r = x[:, 0]  # (B, D)
         else:  # "mean_tokens": the mean of the patch tokens (the class token left out)
             r = ops.mean(x[:, 1:], axis=1)  # (B, D)
         logits = ops.linear(r, self.weight)  # (B, E)
         probs = ops.softmax(logits, axis=-1)
-        batch = x.shape[0]
-        if forced is None:
-            experts = top_k(logits.data, self.k)  # (B, k), best first; logits order = probs order
-            own = experts
-        else:
-            forced = np.asarray(forced, dtype=np.int64)
-            num_experts = logits.shape[-1]
-            if forced.shape != (batch,) or forced.min(initial=0) < 0 or forced.max(initial=0) >= num_experts:
-                raise ValueError(f"ImageRouter: forced must be {batch} experts in [0, {num_experts}), got {forced!r}")
-            ranking = top_k(logits.data, num_experts)  # (B, E): every expert, best first
-            own = ranking[:, : self.k]  # (B, k): the router's own picks
-            others = ranking[ranking != forced[:, None]].reshape(batch, num_experts - 1)  # (B, E-1), order kept
-            experts = np.concatenate([forced[:, None], others[:, : self.k - 1]], axis=1)  # (B, k)
-        ranked = experts if gates_from == "choice" else own  # whose probabilities gate the chosen experts
-        gates = probs[np.arange(batch)[:, None], ranked]  # (B, k), differentiable: reaches the router
-        dispatch = plan_dispatch(experts, probs.shape[-1])
-        return ImageRouting(logits, probs, experts, gates, dispatch.group_sizes, dispatch)
+        experts = top_k(logits.data, self.k)  # (B, k), best first; logits order = probs order
+        return route_images(logits, probs, experts)
+
+    def aux_loss(self, routing: ImageRouting, labels: np.ndarray, class_to_group) -> Tensor | None:
+        """The router's own loss term (unweighted), or None: the `learned` router learns only through the gates."""
+        return None
+
+
+def route_images(logits: Tensor, probs: Tensor, experts: np.ndarray, ranked: np.ndarray | None = None) -> ImageRouting:
+    """The ImageRouting of `experts` (B, k) chosen from `probs`: gates = the probabilities of `ranked`
+    (default: the chosen experts themselves), a differentiable read that lets the router learn."""
+    ranked = experts if ranked is None else ranked
+    gates = probs[np.arange(experts.shape[0])[:, None], ranked]  # (B, k), differentiable: reaches the router
+    dispatch = plan_dispatch(experts, probs.shape[-1])
+    return ImageRouting(logits, probs, experts, gates, dispatch.group_sizes, dispatch)
+
+
+class LearnedRouter(ImageRouter):
+    """routing="learned": the per-image router trained only through the gates (the paper's ablation)."""
+
+
+class SuperclassRouter(ImageRouter):
+    """routing="superclass", the paper's: the router is also trained to predict the image's superclass,
+    loss += router_weight · CE(router_logits, class_to_group[label])."""
+
+    needs_superclasses = True
+
+    def aux_loss(self, routing: ImageRouting, labels: np.ndarray, class_to_group) -> Tensor:
+        groups = np.asarray(class_to_group)
+        if labels.ndim == 1:
+            targets = groups[labels]  # (B,) the superclass of each image
+        else:  # soft targets (B, C) -> their mass per superclass (B, E)
+            num_classes, experts = groups.size, routing.probs.shape[-1]
+            membership = np.zeros((num_classes, experts), dtype=labels.dtype)  # G (C, E)
+            membership[np.arange(num_classes), groups] = 1
+            targets = labels @ membership
+        return ops.cross_entropy(routing.router_logits, targets)
+
+
+class RandomGroupRouter(SuperclassRouter):
+    """routing="random": as superclass, but the targets are a fixed, random, balanced class -> group map
+    (`random_class_groups`, seeded by config.random_groups_seed): routing without meaningful groups."""
+
+    needs_superclasses = False  # the model draws its own map
 
 
 # --------------------------------------------------------------------------------------------------
@@ -290,7 +310,11 @@ def load_loss(router_logits: Tensor, noisy_logits: Tensor, experts: np.ndarray, 
 
 
 class TokenRouter(Module):
-    """V-MoE's router: noisy top-k over experts for every token, W (D, E) without bias."""
+    """routing="token", V-MoE's router: noisy top-k over experts for every token, W (D, E) without bias.
+    It lives in its own block (`TokenMoEBlock`), one per MoE layer; its loss is the balance term."""
+
+    per_token = True  # every MoE block routes each token itself
+    needs_superclasses = False
 
     def __init__(self, dim: int, experts: int, rng: np.random.Generator, dtype=np.float32):
         super().__init__()
@@ -341,59 +365,76 @@ class MoEBlock(Module):
         x = x + Attention(LayerNorm(x))
         x = x + sum over the chosen experts e of gate_e · Expert_e(LayerNorm(x))
 
-    With per-image routing the experts and gates come from outside (`ImageRouting`, one decision per
-    image for all MoE blocks); with token routing the block has its own `router`.
+    Per-image routing: the experts and gates come from outside (`ImageRouting`, one decision per image,
+    made once by the model's router and reused by every MoE block).
     """
 
-    def __init__(
-        self,
-        dim: int,
-        heads: int,
-        hidden: int,
-        experts: int,
-        eps: float,
-        token_routing: bool,
-        rng: np.random.Generator,
-        dtype=np.float32,
-        drop_rate: float = 0.0,
-        expert_dropout: float = 0.0,
-    ):
+    def __init__(self, dim: int, heads: int, hidden: int, experts: int, eps: float, rng: np.random.Generator,
+                 dtype=np.float32, drop_rate: float = 0.0, expert_dropout: float = 0.0):
         super().__init__()
         self.norm1 = LayerNorm(dim, eps=eps, dtype=dtype)
         self.attn = Attention(dim, heads, rng=rng, dtype=dtype)
         self.norm2 = LayerNorm(dim, eps=eps, dtype=dtype)
         self.experts = ExpertMlps(experts, dim, hidden, rng=rng, dtype=dtype)
-        if token_routing:
-            self.router = TokenRouter(dim, experts, rng=rng, dtype=dtype)
         self.drop_rate = float(drop_rate)  # stochastic depth of both residual branches (training only)
         self.expert_dropout = float(expert_dropout)  # dropout inside the experts (training only)
 
     def _expert_dropout(self) -> float:
         return self.expert_dropout if self.training else 0.0
 
-    def forward(self, x: Tensor, routing: ImageRouting, rng: np.random.Generator | None = None) -> Tensor:
-        """Per-image routing: every token of image b goes to the experts routing.experts[b].
+    def forward(self, x: Tensor, routing: ImageRouting, rng: np.random.Generator | None = None):
+        """Every token of image b goes to the experts routing.experts[b]. Returns (x, routing).
         `rng` draws the stochastic-depth and expert-dropout masks (training only)."""
         x = x + drop_path(self.attn(self.norm1(x)), self.drop_rate, self.training, rng)
         h = self.norm2(x)  # (B, N, D); rows = images, each carrying all N tokens
         gates = ops.reshape(routing.gates, (-1,))  # (B·k,)
         y = self.experts(h, routing.dispatch, gates, self._expert_dropout(), rng)
-        return x + drop_path(y, self.drop_rate, self.training, rng)
+        return x + drop_path(y, self.drop_rate, self.training, rng), routing
 
-    def forward_token_routed(
-        self, x: Tensor, k: int, capacity_factor: float, noise_std: float, rng: np.random.Generator | None
-    ) -> tuple[Tensor, TokenRouting]:
-        """Token routing: each token goes to its own top-k experts, within capacity."""
+
+class TokenMoEBlock(MoEBlock):
+    """Regular V-MoE's MoE block: its own `TokenRouter` sends each token to its top-k experts, within
+    capacity (capacity_factor in training, eval_capacity_factor in eval mode), with router noise of
+    std router_noise / E in training (V-MoE: sigma = 1/E)."""
+
+    def __init__(self, dim: int, heads: int, hidden: int, experts: int, eps: float, rng: np.random.Generator,
+                 dtype=np.float32, drop_rate: float = 0.0, expert_dropout: float = 0.0, *, k: int = 1,
+                 capacity_factor: float = 1.25, eval_capacity_factor: float = 2.0, router_noise: float = 1.0):
+        super().__init__(dim, heads, hidden, experts, eps, rng, dtype, drop_rate, expert_dropout)
+        self.router = TokenRouter(dim, experts, rng=rng, dtype=dtype)
+        self.k, self.capacity_factor, self.eval_capacity_factor = k, capacity_factor, eval_capacity_factor
+        self.router_noise = router_noise
+
+    def forward(self, x: Tensor, routing=None, rng: np.random.Generator | None = None):
+        """Each token goes to its own top-k experts, within capacity. Returns (x, this block's TokenRouting)."""
         x = x + drop_path(self.attn(self.norm1(x)), self.drop_rate, self.training, rng)
         h = self.norm2(x)  # (B, N, D)
         batch, tokens, dim = h.shape
-        routing, dispatch = self.router(h, k, capacity_factor, noise_std, rng)
+        cf = self.capacity_factor if self.training else self.eval_capacity_factor
+        noise_std = self.router_noise / self.router.experts if self.training else 0.0
+        routing, dispatch = self.router(h, self.k, cf, noise_std, rng)
         rows = ops.reshape(h, (batch * tokens, dim))  # rows = tokens
         y = self.experts(rows, dispatch, ops.reshape(routing.gates, (-1,)), self._expert_dropout(), rng)  # (B·N, D)
         return x + drop_path(ops.reshape(y, (batch, tokens, dim)), self.drop_rate, self.training, rng), routing
 
 
+# The routing variants by name (ModelConfig.routing): the router class decides everything that differs.
+ROUTERS = {"superclass": SuperclassRouter, "learned": LearnedRouter, "random": RandomGroupRouter, "token": TokenRouter}
+
+
+def router_class(config) -> type:
+    """The router class of a config's routing variant."""
+    return ROUTERS[config.routing]
+
+
 __all__ = [
+    "ROUTERS",
+    "router_class",
+    "route_images",
+    "LearnedRouter",
+    "SuperclassRouter",
+    "RandomGroupRouter",
+    "TokenMoEBlock",
     "ExpertMlps",
     "ImageRouter",
     "ImageRouting",

@@ -68,8 +68,10 @@ import numpy as np
 from tinymoe import ops
 from tinymoe.models.config import ModelConfig
 from tinymoe.models.layers import Block
+from tinymoe.models.losses import model_loss
 from tinymoe.models.moe import (
-    ExpertMlps, ImageRouter, ImageRouting, MoEBlock, TokenRouter, TokenRouting, random_class_groups,
+    ExpertMlps, ImageRouter, ImageRouting, MoEBlock, TokenMoEBlock, TokenRouter, TokenRouting, random_class_groups,
+    router_class, RandomGroupRouter,
 )
 from tinymoe.nn import LayerNorm, Linear, Module, ModuleList, Parameter, truncated_normal
 from tinymoe.tensor import Tensor
@@ -128,18 +130,22 @@ class VisionTransformer(Module):
         self.cls_token = Parameter((1e-6 * rng.standard_normal((1, 1, d))).astype(dtype))
         self.pos_embed = Parameter(truncated_normal(rng, (1, c.num_tokens, d), dtype=dtype))
 
+        router = router_class(c)  # the routing variant, by name (tinymoe/models/moe.py: ROUTERS)
         blocks = []
         for i, rate in enumerate(c.drop_path_rates()):
-            if c.is_moe_block(i):
-                blocks.append(
-                    MoEBlock(d, c.heads, c.hidden_dim, c.experts, c.norm_eps, c.routing == "token", rng, dtype,
-                             drop_rate=rate, expert_dropout=c.expert_dropout)
-                )
-            else:
+            if not c.is_moe_block(i):
                 blocks.append(Block(d, c.heads, c.hidden_dim, c.norm_eps, rng, dtype, drop_rate=rate))
+            elif router.per_token:  # V-MoE: every MoE block routes each token with its own router
+                blocks.append(TokenMoEBlock(d, c.heads, c.hidden_dim, c.experts, c.norm_eps, rng, dtype, rate,
+                                            c.expert_dropout, k=c.k, capacity_factor=c.capacity_factor,
+                                            eval_capacity_factor=c.eval_capacity_factor, router_noise=c.router_noise))
+            else:
+                blocks.append(MoEBlock(d, c.heads, c.hidden_dim, c.experts, c.norm_eps, rng, dtype, rate,
+                                       c.expert_dropout))
         self.blocks = ModuleList(blocks)
-        if c.is_moe and c.routing != "token":
-            self.router = ImageRouter(d, c.experts, c.k, c.router_input, rng, dtype)
+        self.router = None  # dense, or token routing (routers inside the blocks)
+        if c.is_moe and not router.per_token:  # Mobile V-MoE: one router, after the last dense block
+            self.router = router(d, c.experts, c.k, c.router_input, rng, dtype)
         self.norm = LayerNorm(d, eps=c.norm_eps, dtype=dtype)
         self.head = Linear(d, c.num_classes, rng=rng, dtype=dtype)
 
@@ -149,7 +155,7 @@ class VisionTransformer(Module):
         # class -> expert group, the router's target: set by set_class_to_group for "superclass",
         # fixed at random (seeded by config.random_groups_seed) for "random".
         self.class_to_group: np.ndarray | None = None
-        if c.is_moe and c.routing == "random":
+        if c.is_moe and router is RandomGroupRouter:
             self.class_to_group = random_class_groups(c.num_classes, c.experts, c.random_groups_seed)
 
     def _pytorch_init(self, rng: np.random.Generator) -> None:
@@ -231,70 +237,40 @@ class VisionTransformer(Module):
         x = ops.concatenate([cls, x], axis=1)  # (B, N, D)
         return x + self.pos_embed
 
-    def forward(self, images, rng: np.random.Generator | None = None, labels=None, experts=None) -> ModelOutput:
-        """Logits and routing statistics for a batch of channel-last images (B, H, W, C).
+    def forward(self, images, rng: np.random.Generator | None = None) -> ModelOutput:
+        """Logits and routing for a batch of channel-last images (B, H, W, C): the paper, step by step.
 
         `rng` drives everything random in training mode (default: `self.rng`): the router noise of token
-        routing, the stochastic-depth masks and the expert-dropout masks. `labels` (B,) int are needed
-        only in training with `config.teacher_forcing` (each image is routed to its label's superclass);
-        otherwise they are ignored. `experts` (B,) int, per-image routing only, in any mode: each image's
-        first expert, chosen by the caller instead of the router, e.g. its true superclass for "oracle
-        routing" (`tinymoe.evaluation.evaluate(..., oracle=True)`). The chosen expert is gated by the
-        router's top probability, the confidence it gave its own pick (see ImageRouter.forward).
+        routing, the stochastic-depth masks and the expert-dropout masks.
         """
-        c = self.config
-        if experts is not None and (not c.is_moe or c.routing == "token"):
-            what = "a dense model" if not c.is_moe else "routing='token' (one choice per token, not per image)"
-            raise ValueError(f"experts=: choosing each image's expert needs per-image routing; this is {what}")
         rng = self.rng if rng is None else rng
-        x = self.embed(images)
-        routing, token_routing = None, []
-        for i, block in enumerate(self.blocks):
-            if not c.is_moe_block(i):
-                x = block(x, rng)
-                continue
-            if c.routing == "token":
-                training = self.training
-                cf = c.capacity_factor if training else c.eval_capacity_factor
-                noise_std = c.router_noise / c.experts if training else 0.0  # V-MoE: sigma = 1/E
-                x, r = block.forward_token_routed(x, c.k, cf, noise_std, rng)
-                token_routing.append(r)
-            else:
-                if routing is None:  # after the last dense block: one decision per image, for all MoE blocks
-                    if experts is None:  # the router decides (or, teacher forcing, the label's superclass)
-                        routing = self.router(x, forced=self._forced_experts(labels, x.shape[0]))
-                    else:  # the caller decides; the gates keep the router's confidence in its own picks
-                        routing = self.router(x, forced=experts, gates_from="router")
-                x = block(x, routing, rng)
+        x = self.embed(images)  # (B, N, D): patches + class token + position embedding
+        x = self.dense_blocks(x, rng)  # (B, N, D)
+        routing = None if self.router is None else self.router(x)  # one decision per image, (B, k) experts
+        return self.moe_blocks_and_head(x, routing, rng)
+
+    def dense_blocks(self, x: Tensor, rng: np.random.Generator | None = None) -> Tensor:
+        """The first layers - moe_layers blocks: plain ViT blocks."""
+        for block in self.blocks[: self.config.dense_layers]:
+            x = block(x, rng)
+        return x
+
+    def moe_blocks_and_head(self, x: Tensor, routing: ImageRouting | None, rng=None) -> ModelOutput:
+        """The MoE blocks (all with the same per-image `routing`; token-routed blocks route themselves),
+        then the final norm of the class token and the linear head."""
+        token_routing = []
+        for block in self.blocks[self.config.dense_layers:]:
+            x, block_routing = block(x, routing, rng)
+            if block_routing is not routing:  # a TokenMoEBlock's own routing of its tokens
+                token_routing.append(block_routing)
         cls = self.norm(x[:, 0])  # (B, D): only the class token is classified, so only it is normalised
         return ModelOutput(self.head(cls), routing, token_routing)
-
-    def _forced_experts(self, labels, batch: int) -> np.ndarray | None:
-        """Teacher forcing (training only): the superclass of each image's label, else None."""
-        c = self.config
-        if not (c.teacher_forcing and self.training):
-            return None
-        if labels is None:
-            raise ValueError(
-                "teacher_forcing routes each training image by its label's superclass: call "
-                "model(images, labels=labels) (int class indices), or switch to eval mode (model.eval()) where "
-                "the router decides"
-            )
-        if self.class_to_group is None:
-            raise ValueError("teacher_forcing needs the class -> superclass map: call model.set_class_to_group(groups)")
-        labels = np.asarray(labels.data if isinstance(labels, Tensor) else labels)
-        if labels.shape != (batch,) or labels.dtype.kind not in "iu":
-            raise ValueError(f"teacher forcing: labels must be {batch} integer class indices, got {labels.dtype} "
-                             f"{labels.shape} (for soft targets pass the dominant class, e.g. targets.argmax(1))")
-        return self.class_to_group[labels]
 
     # ----------------------------------------------------------------------------------------------
     def loss(self, output: ModelOutput, labels, label_smoothing: float = 0.0):
         """The training loss and its terms (see `tinymoe.models.losses.model_loss`). `labels` are int
         class indices (B,) or soft targets (B, num_classes), e.g. from mixup/cutmix."""
-        from tinymoe.models.losses import model_loss
-
-        return model_loss(output, labels, self.config, self.class_to_group, label_smoothing=label_smoothing)
+        return model_loss(output, labels, self.config, self.router, self.class_to_group, label_smoothing=label_smoothing)
 
     def extra_repr(self) -> str:
         return self.config.describe()
@@ -305,50 +281,4 @@ def build_model(config: ModelConfig, seed: int | None = 0, dtype=np.float32) -> 
     return VisionTransformer(config, rng=seed, dtype=dtype)
 
 
-# The fields that fix a model's backbone: an MoE can be upcycled from a dense model only if they agree.
-BACKBONE_FIELDS = ("layers", "dim", "heads", "mlp_ratio", "image_size", "patch_size", "channels", "num_classes",
-                   "norm_eps")
-
-
-def upcycle(dense: VisionTransformer, moe_config: ModelConfig, seed: int | None = 0) -> VisionTransformer:
-    """An MoE initialised from a trained dense ViT ("sparse upcycling", Komatsuzaki et al. 2023).
-
-    Every weight the two share is copied (patch embedding, class token, position embedding, every
-    block's norms and attention, the dense blocks' MLPs, the final norm and the head); in each MoE
-    block, every expert starts as a copy of that block's dense MLP. The router(s) are freshly
-    initialised from `seed`, as a new model's would be.
-
-    What this preserves: with all experts equal, an MoE block computes x + (sum of the chosen gates) ·
-    MLP(LayerNorm(x)). The gates are softmax probabilities and are not renormalised (see moe.py), so
-    the upcycled model equals the dense one exactly when each image's chosen gates sum to 1 (k = E);
-    with k < E each MoE block's MLP branch starts scaled by the chosen gates' sum (about k / E for a
-    fresh router, whose probabilities are nearly uniform), which the router's training then raises.
-    """
-    if not isinstance(dense, VisionTransformer) or dense.config.is_moe:
-        raise ValueError("upcycle: needs a trained dense VisionTransformer (moe_layers=0) to copy from")
-    if not moe_config.is_moe:
-        raise ValueError("upcycle: moe_config must have moe_layers > 0 (it is the MoE to initialise)")
-    clash = {f: (getattr(dense.config, f), getattr(moe_config, f)) for f in BACKBONE_FIELDS
-             if getattr(dense.config, f) != getattr(moe_config, f)}
-    if clash:
-        listed = ", ".join(f"{f}: dense {a} vs MoE {b}" for f, (a, b) in clash.items())
-        raise ValueError(f"upcycle: the dense model and the MoE config have different backbones ({listed}); "
-                         "upcycle from a dense model of the same size")
-    moe = VisionTransformer(moe_config, rng=seed, dtype=dense.dtype)
-    source = dense.state_dict()
-    target = moe.state_dict()
-    for name in target:
-        parts = name.split(".")
-        if name in source:  # shared by both architectures
-            target[name] = source[name]
-        elif len(parts) == 4 and parts[0] == "blocks" and parts[2] == "experts":
-            layer, field = parts[1], parts[3]  # e.g. fc1_weight -> the dense block's mlp.fc1.weight
-            fc, kind = field.split("_")
-            dense_param = source[f"blocks.{layer}.mlp.{fc}.{kind}"]  # (D, H) or (H,) ...
-            target[name] = np.broadcast_to(dense_param, target[name].shape).copy()  # (E, ...): one copy per expert
-        # everything else (the routers) keeps its fresh initialisation
-    moe.load_state_dict(target)
-    return moe
-
-
-__all__ = ["VisionTransformer", "ModelOutput", "build_model", "upcycle", "BACKBONE_FIELDS"]
+__all__ = ["VisionTransformer", "ModelOutput", "build_model"]

@@ -265,8 +265,8 @@ class ModuleList(Module):
             self.append(module)
         return self
 
-    def __getitem__(self, index: int) -> Module:
-        modules = list(self._modules.values())
+    def __getitem__(self, index: int | slice) -> Module | list[Module]:
+        modules = list(self._modules.values())  # a slice gives a plain list of the modules
         return modules[index]
 
     def __len__(self) -> int:
