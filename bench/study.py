@@ -82,7 +82,7 @@ DEIT = {"randaugment": 2, "randaugment-magnitude": 9, "mixup": 0.8, "cutmix": 1.
 # 15 epochs, AdamW 2e-3, batch 256, wd 0.05, 1 warm-up epoch, label smoothing 0.1, reflect-padded crop
 # + flip, no gradient clipping, router on the class token), where an independent run found dense 23.6
 # vs MoE 23.8, with PyTorch's default initialisation: the calibration showed that the initialisation
-# alone moves the dense model by 3.4 points (README, Reproduction), so it is a factor of its own.
+# alone moves the dense model by 3.4 points (bench/RESULTS.md, Calibration), so it is a factor of its own.
 GRIDS = {
     "tiny-imagenet": {
         "data": "tiny-imagenet",
@@ -103,7 +103,7 @@ GRIDS = {
             "experts": {"10": {}, "4": {"experts": 4}, "6": {"experts": 6}},
             "router-input": {"class_token": {}, "mean_tokens": {"router-input": "mean_tokens"}},
             # Two more levers on the router, which picks the right superclass for only ~50% of val images
-            # while a perfect one would be worth +2-3 points (oracle, README): weigh its loss more, and let it
+            # while a perfect one would be worth +2-3 points (oracle, bench/RESULTS.md): weigh its loss more, and let it
             # read a later representation (one MoE block instead of two, so five dense blocks before it).
             "router-weight": {"0.3": {}, "1.0": {"router-weight": 1.0}},
             "moe-layers": {"2": {}, "1": {"moe-layers": 1}},

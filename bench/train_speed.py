@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-save", action="store_true")
     args = p.parse_args(argv)
 
-    from tinymoe.train import setup_process
+    from tinymoe.runtime import setup_process
 
     shards = setup_process(args.threads)  # before NumPy loads, as python -m tinymoe.train does
     import numpy as np

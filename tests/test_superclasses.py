@@ -9,7 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tinymoe import superclasses as sc
+from tinymoe.superclasses.__main__ import main as sc_main
 from tinymoe.testing import strategies as st_
+from tinymoe.testing.confusion import planted_confusion
 
 
 # The planted-recovery test runs once per E in 2..20; fewer examples per E keep the suite fast while
@@ -211,7 +213,7 @@ def test_cluster_recovers_planted_superclasses_exactly(n_groups, planted):
 
 
 def test_cluster_recovers_strongly_unequal_groups():
-    counts, truth = sc.planted_confusion([2, 40, 3, 25, 2], seed=3, noise=0.1)
+    counts, truth = planted_confusion([2, 40, 3, 25, 2], seed=3, noise=0.1)
     assert partition(sc.cluster(counts, 5)) == partition(truth)
 
 
@@ -266,7 +268,7 @@ def test_isolated_classes_fill_the_smallest_groups_and_confused_classes_stay_tog
 
 
 def test_isolated_classes_top_up_clustered_groups_to_keep_them_balanced():
-    counts, truth = sc.planted_confusion([4, 2], seed=0, noise=0.0)  # 6 confused classes, 2 blocks
+    counts, truth = planted_confusion([4, 2], seed=0, noise=0.0)  # 6 confused classes, 2 blocks
     counts = np.pad(counts, ((0, 3), (0, 3)))  # classes 6, 7, 8: never seen, never predicted
     got = sc.cluster(counts, 2)
     assert partition(got[:6]) == partition(truth)  # the two blocks are kept apart
@@ -499,7 +501,7 @@ def test_a_write_interrupted_before_the_rename_leaves_the_old_file_and_no_tempor
     def crash(source, destination):
         raise OSError("disk vanished")
 
-    monkeypatch.setattr(sc.os, "replace", crash)
+    monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(OSError, match="disk vanished"):
         sc.save_superclasses(path, np.array([0, 1]), ["a", "b"], ["x", "y"])
     assert path.read_text(encoding="utf-8") == "old contents"
@@ -512,7 +514,7 @@ def test_a_write_interrupted_before_the_rename_leaves_the_old_file_and_no_tempor
 
 
 def _write_predictions(path, num_groups=3, seed=0, names=True):
-    counts, truth = sc.planted_confusion([3, 4, 2][:num_groups], seed=seed, noise=0.05)
+    counts, truth = planted_confusion([3, 4, 2][:num_groups], seed=seed, noise=0.05)
     # Expand the counts back into one (label, prediction) pair per image.
     labels = np.repeat(np.arange(len(counts)), counts.sum(axis=1))
     predictions = np.concatenate([np.repeat(np.arange(len(counts)), row) for row in counts])
@@ -528,7 +530,7 @@ def test_command_line_writes_superclasses_and_prints_the_table(tmp_path, capsys)
     truth, labels, predictions = _write_predictions(tmp_path / "heldout.npz")
     out = tmp_path / "superclasses.json"
     argv = ["--predictions", str(tmp_path / "heldout.npz"), "--experts", "3", "--out", str(out), "--seed", "4"]
-    assert sc.main(argv) == 0
+    assert sc_main(argv) == 0
     printed = capsys.readouterr().out
     loaded = sc.load_superclasses(out)
     assert partition(loaded.assignment) == partition(truth)
@@ -545,7 +547,7 @@ def test_command_line_writes_superclasses_and_prints_the_table(tmp_path, capsys)
 def test_command_line_without_names_uses_wnids(tmp_path, capsys):
     _write_predictions(tmp_path / "heldout.npz", names=False)
     out = tmp_path / "s.json"
-    sc.main(["--predictions", str(tmp_path / "heldout.npz"), "-E", "2", "--output", str(out)])
+    sc_main(["--predictions", str(tmp_path / "heldout.npz"), "-E", "2", "--output", str(out)])
     assert sc.load_superclasses(out).names == sc.load_superclasses(out).wnids
 
 
@@ -569,7 +571,7 @@ def test_command_line_reports_bad_input_as_an_error_message(tmp_path, capsys, pr
     if not path.exists():  # np.save appends .npy
         os.replace(str(path) + ".npy", path)
     with pytest.raises(SystemExit) as exit_:
-        sc.main(["--predictions", str(path), "--experts", experts, "--out", str(tmp_path / "s.json")])
+        sc_main(["--predictions", str(path), "--experts", experts, "--out", str(tmp_path / "s.json")])
     assert exit_.value.code == 1
     assert message in capsys.readouterr().err
     assert not (tmp_path / "s.json").exists()
@@ -577,6 +579,6 @@ def test_command_line_reports_bad_input_as_an_error_message(tmp_path, capsys, pr
 
 def test_command_line_needs_exactly_one_source(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
-        sc.main(["--experts", "3"])
+        sc_main(["--experts", "3"])
     assert exit_.value.code == 2
     assert "--checkpoint" in capsys.readouterr().err

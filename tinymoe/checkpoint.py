@@ -34,8 +34,10 @@ from typing import Any
 
 import numpy as np
 
+from tinymoe import __version__
 from tinymoe.atomic import atomic_write
 from tinymoe.models.config import ConfigError, ModelConfig
+from tinymoe.models.vit import VisionTransformer
 
 FORMAT = "tinymoe-checkpoint"
 VERSION = 1
@@ -164,9 +166,7 @@ def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def _tinymoe_version() -> str:
-    import tinymoe
-
-    return tinymoe.__version__
+    return __version__
 
 
 # --------------------------------------------------------------------------------------------------
@@ -284,8 +284,6 @@ def load_into(ckpt: Checkpoint, model, *, check_config: bool = True) -> None:
 
 def load_model(path, *, dtype=np.float32):
     """Build the model described by a checkpoint and load its parameters: `model = load_model("run/moe.npz")`."""
-    from tinymoe.models.vit import VisionTransformer
-
     ckpt = load_checkpoint(path)
     model = VisionTransformer(ckpt.config, rng=np.random.default_rng(0), dtype=dtype)
     load_into(ckpt, model)

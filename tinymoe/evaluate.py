@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from tinymoe.train import setup_process
+from tinymoe.runtime import setup_process  # standard library only: safe before NumPy loads
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,12 +26,13 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
 from tinymoe import superclasses as sc
 from tinymoe.atomic import atomic_write_text
-from tinymoe.checkpoint import load_model
+from tinymoe.checkpoint import load_checkpoint, load_model
 from tinymoe.data import (
     DatasetNotFoundError,
     DownsampledImageNet,
@@ -197,6 +198,90 @@ def _train_stage(stage: str, config: ModelConfig, data: TrainingData, opts: Pipe
     return model
 
 
+# ----------------------------------------------------------------------------------------------------
+# The superclasses step: held-out predictions -> superclasses file (python -m tinymoe.superclasses)
+# ----------------------------------------------------------------------------------------------------
+
+
+def write_superclasses(
+    out,
+    labels,
+    predictions,
+    wnids: Sequence[str],
+    names: Sequence[str],
+    n_groups: int,
+    seed: int = 0,
+    per_group: int = 5,
+) -> str:
+    """Held-out predictions -> superclasses JSON at `out`; returns a printable report (accuracy,
+    isolated classes, balance, and the Table-1-style table)."""
+    num_classes = len(wnids)
+    if len(names) != num_classes:
+        raise ValueError(
+            f"write_superclasses: {len(names)} names for {num_classes} wnids; give one name per class"
+        )
+    confusion = sc.confusion_matrix(labels, predictions, num_classes)
+    assignment = sc.cluster(confusion, n_groups, seed=seed)
+    balance = sc.group_balance(assignment, n_groups)
+    images = int(confusion.sum())
+    accuracy = float(np.trace(confusion)) / images if images else float("nan")
+    isolated = sc.isolated_classes(confusion)
+    meta = {
+        "seed": int(seed),
+        "held_out_images": images,
+        "held_out_accuracy": None if images == 0 else accuracy,
+        "isolated_classes": [wnids[c] for c in isolated],
+        "balance": balance.as_dict(),
+    }
+    sc.save_superclasses(out, assignment, wnids, names, meta=meta)
+    lines = [
+        f"held-out split: {images} images of {num_classes} classes, dense-model accuracy {accuracy:.2%}",
+        f"{isolated.size} classes never confused with another (placed by the balance rule)",
+        str(balance),
+        "",
+        sc.superclass_table(assignment, names, per_group=per_group),
+        "",
+        f"wrote {os.fspath(out)}",
+    ]
+    return "\n".join(lines)
+
+
+def predict_held_out(
+    checkpoint, data: str | None = None, batch_size: int = 256, *, holdout_fraction: float | None = None,
+    holdout_seed: int | None = None, cache_dir=None,
+):
+    """Run a trained dense model over the held-out split: returns (labels, predictions, wnids, names).
+
+    The held-out split must be the one the dense model did *not* train on. `python -m tinymoe.train`
+    records its fraction and seed, and how it loaded the data, in the checkpoint's metadata; they are
+    read from there. `data`, `holdout_fraction` and `holdout_seed` override them (needed only for a
+    checkpoint trained some other way).
+    """
+    recorded = load_checkpoint(checkpoint).metadata
+    fraction = recorded.get("holdout_fraction") if holdout_fraction is None else holdout_fraction
+    seed = recorded.get("holdout_seed") if holdout_seed is None else holdout_seed
+    if fraction is None or seed is None:
+        raise ValueError(
+            f"{checkpoint} does not record which held-out split its training excluded (it was not written by "
+            "python -m tinymoe.train); pass --holdout-fraction and --holdout-seed with the values its training used"
+        )
+    load_args = dict(recorded.get("data") or {})
+    if data is not None:
+        load_args = {"data": data} if data != load_args.get("data") else load_args
+    if "data" not in load_args:
+        raise ValueError(f"{checkpoint} does not record its dataset; pass --data")
+    model = load_model(checkpoint)
+    splits = load_splits(**load_args, cache_dir=cache_dir)
+    if splits.num_classes != model.config.num_classes:
+        raise ValueError(
+            f"{checkpoint} classifies {model.config.num_classes} classes but {splits.name} has {splits.num_classes}"
+        )
+    _, held_out = holdout_split(splits.train_labels, fraction, seed=seed)
+    logits = predict(model, splits.train_images[held_out], batch_size).logits
+    return splits.train_labels[held_out], np.argmax(logits, axis=1), splits.wnids, splits.classes
+
+
+
 def superclasses_stage(dense, splits: Splits, holdout: np.ndarray, opts: PipelineOptions, log) -> np.ndarray:
     """Cluster the dense model's held-out confusions into E groups; write OUT/superclasses.json."""
     path = opts.out / "superclasses.json"
@@ -205,7 +290,7 @@ def superclasses_stage(dense, splits: Splits, holdout: np.ndarray, opts: Pipelin
         return sc.load_superclasses(path).assignment
     images, labels = splits.train_images[holdout], splits.train_labels[holdout]
     predictions = np.argmax(predict(dense, images).logits, axis=1)
-    report = sc.write_superclasses(path, labels, predictions, splits.wnids, splits.classes, opts.model.experts,
+    report = write_superclasses(path, labels, predictions, splits.wnids, splits.classes, opts.model.experts,
                                    seed=opts.model_seed)
     log(f"[superclasses] dense top-1 on the {holdout.size} held-out images: "
         f"{np.mean(predictions == labels) * 100:.2f}%; wrote {path}")
@@ -327,4 +412,7 @@ def format_results(results: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["PipelineOptions", "Splits", "format_results", "load_splits", "run_pipeline", "superclasses_stage"]
+__all__ = [
+    "PipelineOptions", "Splits", "format_results", "load_splits", "predict_held_out", "run_pipeline",
+    "superclasses_stage", "write_superclasses",
+]

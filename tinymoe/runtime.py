@@ -38,6 +38,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import sys
 
 # mallopt(3) parameter numbers (glibc's malloc.h)
 _M_TRIM_THRESHOLD = -1
@@ -87,3 +88,38 @@ def recommended_environment(threads: int | None = None, shards: int = 1) -> dict
         "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD),
         "MALLOC_TOP_PAD_": str(TOP_PAD),
     }
+
+
+def apply_threads(threads: int | None, shard: bool = True) -> tuple[int, int]:
+    """Set the thread counts of BLAS and Numba through their environment variables (before they load),
+    and pick the Numba kernels unless TINYMOE_KERNELS says otherwise: the command-line tools train and
+    evaluate, where the measured-faster kernels are what a user wants (bench/results/throughput_*.json);
+    the library itself defaults to the NumPy references (see tinymoe.kernels.backend).
+
+    Returns (threads, shards). With `shard` (the default), the cores are used by data parallelism:
+    every batch is split into `threads` shards run on as many Python threads (tinymoe.parallel), each
+    with single-threaded BLAS and Numba, so BLAS gets 1 thread here and Numba a pool of `threads` (what
+    the unsharded parts use). Without `shard` (token routing, whose loss does not split), each op is
+    multi-threaded instead: BLAS and Numba both get `threads`. Either way no more threads run than cores.
+    """
+    os.environ.setdefault("TINYMOE_KERNELS", "numba")
+    n = threads or os.cpu_count() or 1
+    if n < 1:
+        raise SystemExit(f"error: --threads must be >= 1, got {n}")
+    if "numpy" in sys.modules:
+        print("warning: NumPy was already imported; --threads may not apply to its BLAS", file=sys.stderr)
+
+    shards = n if shard else 1
+    env = recommended_environment(n, shards)
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ[var] = env[var]
+    return n, shards
+
+
+def setup_process(threads: int | None, shard: bool = True) -> int:
+    """What every command-line tool does first, before NumPy loads: `apply_threads`, then `tune_malloc`
+    (reuse freed activation memory instead of page-faulting fresh memory every step; see above).
+    Returns the number of shards."""
+    _, shards = apply_threads(threads, shard)
+    tune_malloc()
+    return shards

@@ -10,22 +10,24 @@
 See `tinymoe.pipeline` for what each stage does and writes. This module only turns flags into a
 PipelineOptions; the logic lives in the library.
 
-The defaults are the calibrated recipe of the reproduction (README, Reproduction): 15 epochs, patch 16,
+The defaults are the calibrated recipe of the reproduction (bench/RESULTS.md, Reproduction): 15 epochs, patch 16,
 AdamW lr 2e-3, batch 256, weight decay 0.05, 1 warm-up epoch + cosine, label smoothing 0.1, random crop
 with 4-pixel reflect padding + flip, no gradient clipping, PyTorch's default initialisation. Three of
 these differ from the library's own defaults (TrainConfig: zero padding, clipping at 1.0; ModelConfig:
 timm's initialisation), which keep the behaviour the earlier recorded runs used.
 
-Only the standard library is imported at the top: NumPy's BLAS and Numba read their thread counts
-when they load, so `--threads` must be applied before anything imports them.
+Only the standard library (and `tinymoe.runtime`, itself standard library only) is imported at the top:
+NumPy's BLAS and Numba read their thread counts when they load, so `--threads` must be applied
+(`tinymoe.runtime.setup_process`) before anything imports them.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
+
+from tinymoe.runtime import apply_threads, setup_process  # standard library only: safe before NumPy loads
 
 # The routing variants whose routers route each token (tinymoe.models.moe.ROUTERS[name].per_token): the
 # command line must know before NumPy loads, to pick its thread layout; a test holds the two equal.
@@ -67,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--init", choices=("timm", "pytorch"), default="pytorch",
                    help="initial weights: PyTorch's nn.Linear default (uniform in ±1/sqrt(fan_in); the calibrated "
                         "recipe, 3.4 points better at 15 epochs) or timm's ViT scheme (truncated normal, std 0.02, "
-                        "the library's ModelConfig default); see README, Reproduction")
+                        "the library's ModelConfig default); see bench/RESULTS.md, Calibration")
     g.add_argument("--superclasses", type=Path, default=None, help="use this superclasses JSON instead of computing it")
     g.add_argument("--upcycle", action="store_true",
                    help="initialise the MoE from the trained dense model: every expert a copy of its block's MLP")
@@ -117,44 +119,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cores to use (default: all): each batch is split over this many threads (data "
                         "parallelism, see tinymoe.parallel); token routing uses multi-threaded BLAS/Numba instead")
     return p
-
-
-def apply_threads(threads: int | None, shard: bool = True) -> tuple[int, int]:
-    """Set the thread counts of BLAS and Numba through their environment variables (before they load),
-    and pick the Numba kernels unless TINYMOE_KERNELS says otherwise: the command-line tools train and
-    evaluate, where the measured-faster kernels are what a user wants (bench/results/throughput_*.json);
-    the library itself defaults to the NumPy references (see tinymoe.kernels.backend).
-
-    Returns (threads, shards). With `shard` (the default), the cores are used by data parallelism:
-    every batch is split into `threads` shards run on as many Python threads (tinymoe.parallel), each
-    with single-threaded BLAS and Numba, so BLAS gets 1 thread here and Numba a pool of `threads` (what
-    the unsharded parts use). Without `shard` (token routing, whose loss does not split), each op is
-    multi-threaded instead: BLAS and Numba both get `threads`. Either way no more threads run than cores.
-    """
-    os.environ.setdefault("TINYMOE_KERNELS", "numba")
-    n = threads or os.cpu_count() or 1
-    if n < 1:
-        raise SystemExit(f"error: --threads must be >= 1, got {n}")
-    if "numpy" in sys.modules:
-        print("warning: NumPy was already imported; --threads may not apply to its BLAS", file=sys.stderr)
-    from tinymoe.runtime import recommended_environment  # standard library only: safe before NumPy loads
-
-    shards = n if shard else 1
-    env = recommended_environment(n, shards)
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        os.environ[var] = env[var]
-    return n, shards
-
-
-def setup_process(threads: int | None, shard: bool = True) -> int:
-    """What every command-line tool does first, before NumPy loads: `apply_threads`, then `tune_malloc`
-    (reuse freed activation memory instead of page-faulting fresh memory every step; tinymoe.runtime).
-    Returns the number of shards."""
-    _, shards = apply_threads(threads, shard)
-    from tinymoe.runtime import tune_malloc
-
-    tune_malloc()
-    return shards
 
 
 def train_config(args, shards: int = 1):

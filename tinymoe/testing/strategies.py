@@ -16,6 +16,8 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from tinymoe.testing.confusion import planted_confusion
+
 
 def shapes(min_dims: int = 0, max_dims: int = 3, min_side: int = 1, max_side: int = 4):
     """Array shapes, including size-1 axes (the ones broadcasting stretches) and 0-d scalars."""
@@ -219,10 +221,8 @@ def planted_confusions(draw, n_groups=None, min_size: int = 2, max_size: int = 1
 
     `n_groups` is an int, a strategy, or None (2..20). Sizes are drawn in [min_size, max_size]; with
     min_size >= 2 and the default max_noise the planted grouping is unambiguous, so a clustering
-    routine should recover it exactly. See `tinymoe.superclasses.planted_confusion`.
+    routine should recover it exactly. See `tinymoe.testing.confusion.planted_confusion`.
     """
-    from tinymoe.superclasses import planted_confusion
-
     if n_groups is None:
         n_groups = st.integers(2, 20)
     groups = draw(n_groups) if isinstance(n_groups, st.SearchStrategy) else int(n_groups)
