@@ -1,0 +1,96 @@
+"""Issue 15, the data-scale curve: --train-fraction (per class, seeded, nested, never the held-out
+images, F=1 unchanged), equal optimizer steps across fractions, and the clean train accuracy."""
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tinymoe.data import BatchLoader, holdout_split, train_fraction_split, train_split
+from tinymoe.train import build_parser
+
+FRACTIONS = (1.0, 0.5, 0.25, 0.125)
+
+
+def _labels(classes=20, per_class=50, seed=0):
+    """Uneven classes in a shuffled order, as a real training set might have."""
+    rng = np.random.default_rng(seed)
+    labels = np.concatenate([np.full(per_class + c % 7, c) for c in range(classes)])
+    return labels[rng.permutation(labels.size)].astype(np.int64)
+
+
+def test_per_class_counts_and_nested_subsets():
+    labels = _labels()
+    train, holdout = holdout_split(labels, 0.1, seed=3)
+    subsets = {f: train_fraction_split(labels, train, f, seed=3) for f in FRACTIONS}
+    for f, idx in subsets.items():
+        assert idx.dtype == np.int64 and np.all(np.diff(idx) > 0)  # sorted, no repeats
+        for c in np.unique(labels):
+            n_c = np.count_nonzero(labels[train] == c)
+            assert np.count_nonzero(labels[idx] == c) == max(1, math.floor(f * n_c + 0.5))
+    for small, large in zip(FRACTIONS[1:], FRACTIONS[:-1]):
+        assert np.all(np.isin(subsets[small], subsets[large])), (small, large)
+
+
+def test_never_the_held_out_images_and_the_same_holdout_for_every_fraction():
+    labels = _labels()
+    first_holdout = holdout_split(labels, 0.1, seed=1)[1]
+    for f in FRACTIONS:
+        train, holdout = train_split(labels, 0.1, f, seed=1)
+        np.testing.assert_array_equal(holdout, first_holdout)
+        assert not np.intersect1d(train, holdout).size
+
+
+def test_fraction_one_is_exactly_todays_training_set():
+    labels = _labels()
+    train, holdout = holdout_split(labels, 0.1, seed=0)
+    np.testing.assert_array_equal(train_split(labels, 0.1, 1.0, seed=0)[0], train)
+    np.testing.assert_array_equal(train_fraction_split(labels, train, 1.0, seed=0), train)
+
+
+def test_deterministic_per_seed():
+    labels = _labels()
+    train = holdout_split(labels, 0.1, seed=0)[0]
+    a = train_fraction_split(labels, train, 0.25, seed=0)
+    np.testing.assert_array_equal(a, train_fraction_split(labels, train, 0.25, seed=0))
+    assert not np.array_equal(a, train_fraction_split(labels, train, 0.25, seed=1))
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.5, 1.01, float("nan")])
+def test_bad_fractions_are_refused_by_the_library(bad):
+    labels = _labels()
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        train_fraction_split(labels, np.arange(labels.size), bad)
+
+
+@pytest.mark.parametrize("bad", ["0", "1.5", "nan", "-1", "half"])
+def test_bad_fractions_are_a_one_line_command_line_error(bad, capsys):
+    with pytest.raises(SystemExit) as stop:
+        build_parser().parse_args(["--train-fraction", bad])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("python -m tinymoe.train: error: argument --train-fraction")
+    assert "Traceback" not in "\n".join(err)
+    assert build_parser().parse_args(["--train-fraction", "0.125"]).train_fraction == 0.125
+    assert build_parser().parse_args([]).train_fraction == 1.0
+
+
+def test_equal_optimizer_steps_across_fractions_on_tiny_imagenet_sized_labels():
+    """Tiny ImageNet: 200 classes x 500 training images; 10% held out leaves 90,000. At fraction F the
+    data-scale grid trains 15/F epochs with 1/F warm-up epochs at batch 256, and the Trainer takes
+    epochs * (images // batch) steps (full batches only) and round(warmup * steps per epoch) warm-up
+    steps. These are the counts the grid's README entry reports."""
+    labels = np.repeat(np.arange(200), 500)
+    expected = {1.0: (90000, 5265, 351), 0.5: (45000, 5250, 350), 0.25: (22600, 5280, 352),
+                0.125: (11200, 5160, 344)}
+    images = np.zeros((labels.size, 1, 1, 3), np.uint8)
+    for f, (n, total, warmup) in expected.items():
+        train, _ = train_split(labels, 0.1, f, seed=0)
+        per_epoch = len(BatchLoader(images, labels, 256, shuffle=True, drop_last=True, indices=train))
+        epochs, warmup_epochs = round(15 / f), 1 / f
+        assert epochs == 15 / f  # whole epochs: no fractional --epochs needed
+        assert (train.size, epochs * per_epoch, int(round(warmup_epochs * per_epoch))) == (n, total, warmup)
+        assert abs(total - 5265) / 5265 < 0.02 and abs(warmup - 351) / 351 < 0.02
