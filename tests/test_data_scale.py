@@ -94,3 +94,62 @@ def test_equal_optimizer_steps_across_fractions_on_tiny_imagenet_sized_labels():
         assert epochs == 15 / f  # whole epochs: no fractional --epochs needed
         assert (train.size, epochs * per_epoch, int(round(warmup_epochs * per_epoch))) == (n, total, warmup)
         assert abs(total - 5265) / 5265 < 0.02 and abs(warmup - 351) / 351 < 0.02
+
+
+def _evaluate(*args):
+    done = subprocess.run([sys.executable, "-m", "tinymoe.evaluate", *map(str, args), "--json", "--threads", "1"],
+                          capture_output=True, text=True, timeout=180)
+    return done
+
+
+def test_a_fraction_run_records_its_images_and_evaluate_split_train_rebuilds_them(tmp_path):
+    """`python -m tinymoe.train --train-fraction 0.5` on synthetic data: results.json and the checkpoint
+    say the fraction and the image count; `evaluate --split train` scores exactly those images (not the
+    held-out ones, not augmented), `--max-images` a seeded subset of them, `--split train-all` all of train."""
+    from tinymoe.checkpoint import load_checkpoint, load_model
+    from tinymoe.evaluation import evaluate
+    from tinymoe.pipeline import load_splits
+
+    train = [sys.executable, "-m", "tinymoe.train", "--data", "synthetic", "--layers", "2", "--dim", "16", "--heads",
+             "2", "--experts", "3", "--moe-layers", "1", "--epochs", "1", "-b", "16", "--model", "dense",
+             "--train-fraction", "0.5", "--seed", "2", "--out", str(tmp_path), "--threads", "1"]
+    done = subprocess.run(train, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    splits = load_splits("synthetic", experts=3, seed=2)
+    expected, holdout = train_split(splits.train_labels, 0.1, 0.5, seed=2)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["train_fraction"] == 0.5 and results["train_images"] == expected.size
+    assert results["holdout_images"] == holdout.size
+    checkpoint = tmp_path / "dense" / "model.npz"
+    metadata = load_checkpoint(checkpoint).metadata
+    assert metadata["train_fraction"] == 0.5 and metadata["train_images"] == expected.size
+
+    done = _evaluate(checkpoint, "--split", "train")  # the data comes from the checkpoint's metadata
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["images"] == result["split_images"] == expected.size and result["train_fraction"] == 0.5
+    model = load_model(checkpoint)
+    clean = evaluate(model, splits.train_images[expected], splits.train_labels[expected]).as_dict()
+    assert result["top1"] == pytest.approx(clean["top1"])
+
+    done = _evaluate(checkpoint, "--split", "train", "--max-images", 50, "--sample-seed", 4)
+    result = json.loads(done.stdout)
+    assert result["images"] == 50 and result["split_images"] == expected.size and result["sample_seed"] == 4
+    done = _evaluate(checkpoint, "--split", "train-all")
+    assert json.loads(done.stdout)["images"] == splits.train_labels.size
+
+
+def test_split_train_needs_a_checkpoint_that_records_its_training_images():
+    from tinymoe.checkpoint import CheckpointError
+    from tinymoe.evaluate import subsample, training_indices
+
+    labels = _labels()
+    with pytest.raises(CheckpointError, match="--split train-all"):
+        training_indices({"data": {}}, labels)
+    old = {"holdout_fraction": 0.1, "holdout_seed": 5}  # before --train-fraction existed: all of the rest
+    np.testing.assert_array_equal(training_indices(old, labels), holdout_split(labels, 0.1, seed=5)[0])
+    rows = np.arange(100, 400)
+    a = subsample(rows, 30, seed=1)
+    assert a.size == 30 and np.all(np.isin(a, rows)) and np.all(np.diff(a) > 0)
+    np.testing.assert_array_equal(a, subsample(rows, 30, seed=1))
+    assert subsample(rows, None).size == 300 and subsample(rows, 1000).size == 300
