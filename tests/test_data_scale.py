@@ -153,3 +153,23 @@ def test_split_train_needs_a_checkpoint_that_records_its_training_images():
     assert a.size == 30 and np.all(np.isin(a, rows)) and np.all(np.diff(a) > 0)
     np.testing.assert_array_equal(a, subsample(rows, 30, seed=1))
     assert subsample(rows, None).size == 300 and subsample(rows, 1000).size == 300
+
+
+def test_resuming_with_another_train_fraction_is_refused(tmp_path):
+    from tinymoe.checkpoint import CheckpointError
+    from tinymoe.data import make_synthetic
+    from tinymoe.models import ModelConfig
+    from tinymoe.testing.trainers import tiny_trainer
+
+    synthetic = make_synthetic(n_groups=3, classes_per_group=2, images_per_class=24, size=16, seed=1)
+    config = ModelConfig(layers=2, dim=16, heads=2, image_size=16, patch_size=8, num_classes=6)
+    first = tiny_trainer(tmp_path, synthetic, config, max_steps=1)
+    first.metadata["train_fraction"] = 0.5
+    first.run()
+    again = tiny_trainer(tmp_path, synthetic, config)
+    again.metadata["train_fraction"] = 1.0
+    with pytest.raises(CheckpointError, match="train fraction 0.5"):
+        again.run(resume=True)
+    same = tiny_trainer(tmp_path, synthetic, config, max_steps=2)
+    same.metadata["train_fraction"] = 0.5
+    assert same.run(resume=True).epochs == 0  # (stopped inside the first epoch again, one step further)
