@@ -7,6 +7,11 @@
     python bench/study.py adopt base-seed0 --from runs/calibrated-seed0      # count a finished run made elsewhere
     python bench/study.py routing | paired                                   # from the runs' checkpoints: what
                                                                              # routing costs; Δ's val-sampling error
+    python bench/study.py train-clean                                        # both models' top-1 on the un-augmented
+                                                                             # images they trained on (10k sample)
+    python bench/study.py --grid data-scale run --data ...                   # issue 15's data-scale curve (results in
+                                                                             # bench/results/data-scale/, runs in
+                                                                             # runs/data-scale/); `plots` draws it
 
 A grid is a base recipe (flags of `python -m tinymoe.train`) and factors, each with levels (extra flags);
 the first level of every factor is the base's. Designs:
@@ -51,6 +56,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import re
 import shlex
 import shutil
@@ -136,6 +142,36 @@ GRIDS = {
         "factors": {},
         "combinations": [],
         "seeds": [0, 1],
+    },
+    # Issue 15, the data-scale curve: the tiny-imagenet grid's base recipe on 100%, 50%, 25%, 12.5% of each
+    # class's training images (--train-fraction: seeded, nested, the held-out split unchanged), everything
+    # else equal: the same number of optimizer steps and warm-up steps (epochs 15/F, warm-up 1/F epochs; at
+    # batch 256 the Trainer takes 5265 / 5250 / 5280 / 5160 steps with 351 / 350 / 352 / 344 warm-up steps,
+    # tests/test_data_scale.py), the same number of evaluations (every 1/F epochs: 15 per run), and base seed
+    # 0's superclasses for every run (so the routing target does not vary with the data; the MoE can also
+    # train beside its dense twin). Results go to their own folder: `--results bench/results/data-scale`.
+    # Then `train-clean` adds both models' clean train top-1 and `plots` the data-scale figure.
+    "data-scale": {
+        "data": "tiny-imagenet",
+        "base": {"layers": 6, "dim": 64, "patch-size": 16, "epochs": 15, "batch-size": 256, "lr": 2e-3,
+                 "weight-decay": 0.05, "warmup": 1, "label-smoothing": 0.1, "pad-mode": "reflect",
+                 "clip-grad": 0, "init": "pytorch", "eval-every": 1, "train-fraction": 1.0,
+                 "superclasses": "bench/results/study/superclasses-base-seed0.json"},
+        "design": "full",
+        "factors": {
+            "train-fraction": {
+                "1.0": {},
+                "0.5": {"train-fraction": 0.5, "epochs": 30, "warmup": 2, "eval-every": 2},
+                "0.25": {"train-fraction": 0.25, "epochs": 60, "warmup": 4, "eval-every": 4},
+                "0.125": {"train-fraction": 0.125, "epochs": 120, "warmup": 8, "eval-every": 8},
+            },
+        },
+        "combinations": [],
+        "seeds": [0, 1],
+        # Defaults of --results and --runs-dir for this grid: its run names (base-seed0, ...) must not meet the
+        # main study's.
+        "results": "data-scale",
+        "runs_dir": "runs/data-scale",
     },
     # A seconds-long grid on the synthetic dataset (the test suite runs it).
     "smoke": {
@@ -286,6 +322,9 @@ def adopt(run: Run, source: Path, data: str, runs_dir: Path, log=print) -> Path:
                    for k, v in want_train.items() if k not in ADOPT_IGNORES and found["train_config"].get(k) != v]
     differences += [f"model.{k}: run has {moe_found.get(k)!r}, the study wants {v!r}"
                     for k, v in want_model.items() if moe_found.get(k) != v]
+    want_fraction, found_fraction = float(run.flags.get("train-fraction", 1.0)), found.get("train_fraction", 1.0)
+    if found_fraction != want_fraction:  # (not a TrainConfig field: the data, not the recipe)
+        differences.append(f"train fraction: run has {found_fraction!r}, the study wants {want_fraction!r}")
     if differences:
         raise SystemExit(f"adopt: {source} is not the run {run.name}:\n  " + "\n  ".join(differences))
     target = runs_dir / run.slug
@@ -335,6 +374,7 @@ def record(run: Run, grid_name: str, data: str, cmd: list[str], run_dir: Path, w
                          if (run_dir / "adopted_from.txt").exists() else None),
         "train_images": results["train_images"],
         "holdout_images": results["holdout_images"],
+        "train_fraction": results.get("train_fraction", 1.0),
         "train_config": results["train_config"],
         "delta_top1": results.get("delta_top1"),
     }
@@ -394,6 +434,7 @@ def run_grid(grid: dict, grid_name: str, data: str, runs_dir: Path, results_dir:
             status["failed"].append(run.name)
             continue
         path = record(run, grid_name, data, cmd, run_dir, wall, shared_from, results_dir)
+        analyse_train_clean(results_dir, runs_dir, only={run.name}, log=log)
         status["done"].append(run.name)
         log(f"[{run.name}] done in {wall:.0f}s -> {path}")
     return status
@@ -530,6 +571,61 @@ def analyse_pairs(results_dir: Path, runs_dir: Path, force: bool = False, log=pr
         atomic_write_text(path, json.dumps(entry, indent=2) + "\n")
         updated.append(entry["name"])
         log(f"[{entry['name']}] {text} (95%, val sampling only)")
+    return updated
+
+
+CLEAN_TRAIN_IMAGES = 10_000  # the seeded sample of each run's training images `train-clean` scores
+CLEAN_TRAIN_SEED = 0  # the same sample for both models of a run (and for every run on the same images)
+
+
+def analyse_train_clean(results_dir: Path, runs_dir: Path, max_images: int | None = CLEAN_TRAIN_IMAGES,
+                        force: bool = False, only: set[str] | None = None, log=print) -> list[str]:
+    """Both models' clean training accuracy: top-1 on un-augmented images the run actually trained on.
+
+    The per-epoch train top-1 of the history is measured on augmented (cropped, flipped, mixed...)
+    batches while the weights change, so it is not the train side of a train-val gap. For every recorded
+    run (only those named in `only`, if given) whose model lacks `train_top1_clean` (all with `force`):
+    load its checkpoint, rebuild its training images from the checkpoint's metadata (train minus the
+    held-out split, then its --train-fraction subset: `python -m tinymoe.evaluate --split train`), check
+    their number is the recorded `train_images`, and score a seeded random `max_images` of them (the same
+    images for dense and MoE; all of them with max_images=None). Stores `train_top1_clean`,
+    `train_val_gap_clean` (= train_top1_clean - val top1) and `train_clean` (how it was measured)."""
+    from tinymoe.checkpoint import load_checkpoint
+    from tinymoe.evaluate import subsample, training_indices
+    from tinymoe.evaluation import evaluate
+
+    updated, splits_cache = [], {}
+    for path in sorted(results_dir.glob("*.json")):
+        entry = json.loads(path.read_text())
+        if "name" not in entry or (only is not None and entry["name"] not in only):
+            continue
+        changed = []
+        for model_key in ("dense", "moe"):
+            if model_key not in entry or (entry[model_key].get("train_top1_clean") is not None and not force):
+                continue
+            checkpoint = _checkpoint(runs_dir, entry, model_key)
+            if not checkpoint.exists():
+                log(f"[{entry['name']}] no checkpoint at {checkpoint}: skipped")
+                continue
+            model, splits = _load_with_data(checkpoint, splits_cache)
+            rows = training_indices(load_checkpoint(checkpoint).metadata, splits.train_labels, str(checkpoint))
+            if entry.get("train_images") is not None and rows.size != entry["train_images"]:
+                raise SystemExit(f"[{entry['name']}] {checkpoint}: its metadata gives {rows.size} training images, "
+                                 f"the record says {entry['train_images']}; nothing written")
+            sample = subsample(rows, max_images, CLEAN_TRAIN_SEED)
+            top1 = evaluate(model, splits.train_images[sample], splits.train_labels[sample]).as_dict()["top1"]
+            entry[model_key]["train_top1_clean"] = top1
+            entry[model_key]["train_val_gap_clean"] = top1 - entry[model_key]["top1"]
+            entry[model_key]["train_clean"] = {
+                "images": int(sample.size), "of": int(rows.size), "sample_seed": CLEAN_TRAIN_SEED,
+                "definition": "top-1 on un-augmented training images the run trained on (held-out split and "
+                              "--train-fraction rebuilt from the checkpoint), a seeded random sample if 'images' < 'of'",
+                "command": f"python bench/study.py train-clean --runs-dir {runs_dir} (checkpoint {checkpoint})"}
+            changed.append(f"{model_key} clean train {top1:.2f}% (gap {top1 - entry[model_key]['top1']:+.2f})")
+        if changed:
+            atomic_write_text(path, json.dumps(entry, indent=2) + "\n")
+            updated.append(entry["name"])
+            log(f"[{entry['name']}] " + "; ".join(changed) + f" on {sample.size} of {rows.size} training images")
     return updated
 
 
@@ -778,8 +874,84 @@ def plot_curves(entry: dict, out: Path) -> Path:
     return out
 
 
+IMAGENET_1K_TRAIN = 1_281_167  # ImageNet-1k's training images, marked on the data-scale axis
+
+
+def _images_label(n: float) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.0f}k" if n >= 1e3 else f"{n:.0f}"
+
+
+def plot_data_scale(results: list[dict], out: Path) -> Path:
+    """The data-scale figure (issue 15): against log2(unique training images), one dot per run (seed) and a
+    line through the means over seeds: Δ = MoE - dense val top-1 with its paired 95% interval (grey bars:
+    val sampling only, after `paired`), the router's accuracy, the oracle gain (MoE top-1 with a perfect
+    router - MoE top-1, after `routing` or from the pipeline), and both models' clean train-val gaps (after
+    `train-clean`; dense blue, MoE red). ImageNet-1k's 1.28M images are marked on the axis: where the
+    paper's models were trained, far beyond the measured points; the lines are not extended to it."""
+    runs = [r for r in results if r.get("train_images") and r.get("delta_top1") is not None]
+    if not runs:
+        raise ValueError("data-scale plot: no recorded run with train_images and delta_top1")
+
+    def value(r, key):
+        moe, dense = r.get("moe", {}), r.get("dense", {})
+        if key == "delta":
+            return r["delta_top1"]
+        if key == "router":
+            return moe.get("router_accuracy")
+        if key == "oracle":
+            return None if moe.get("oracle_top1") is None else moe["oracle_top1"] - moe["top1"]
+        return {"gap_dense": dense, "gap_moe": moe}[key].get("train_val_gap_clean")
+
+    panels = [("delta", "MoE - dense top-1 on val (points; grey: paired 95% interval)", [("delta", RED)]),
+              ("router", "router accuracy (% of val images sent to their superclass)", [("router", RED)]),
+              ("oracle", "oracle gain: MoE top-1 with a perfect router - MoE top-1", [("oracle", RED)]),
+              ("gap", "clean train - val top-1 (blue dense, red MoE)", [("gap_dense", BLUE), ("gap_moe", RED)])]
+    xs = sorted({math.log2(r["train_images"]) for r in runs})
+    x_mark = math.log2(IMAGENET_1K_TRAIN)
+    x_range = (min(xs) - 0.5, max(max(xs), x_mark) + 0.5)
+    w, h = 460, 260
+    img = Image.new("RGB", (2 * w + 40, 2 * h + 60), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((10, 8), "Data scale: same recipe and optimizer steps, fewer unique training images (x: log2 images; "
+                       "dots: seeds, line: mean over seeds)", fill="black")
+    for n, (name, title, series) in enumerate(panels):
+        left, top = 70 + (n % 2) * w, 60 + (n // 2) * h
+        ys = [value(r, key) for r in runs for key, _ in series if value(r, key) is not None]
+        if name == "delta":
+            ys += [r["delta_top1"] + sign * _half95(r.get("paired")) for r in runs for sign in (-1, 1)] + [0.0]
+        if name in ("oracle", "gap"):
+            ys += [0.0]
+        y_range = _padded(min(ys), max(ys)) if ys else (0.0, 1.0)
+        panel = Panel(draw, (left, top, left + w - 90, top + h - 75), x_range, y_range, title)
+        if name in ("delta", "oracle", "gap"):
+            panel.line(list(x_range), [0.0, 0.0], GREY, dashed=True, width=1)
+        panel.line([x_mark, x_mark], list(y_range), GREY, dashed=True, width=1)
+        for x in xs:
+            panel.x_tick(x, _images_label(2 ** x))
+        panel.x_tick(x_mark, "IN-1k " + _images_label(IMAGENET_1K_TRAIN))
+        for key, colour in series:
+            means = []
+            for x in xs:
+                at_x = [r for r in runs if math.log2(r["train_images"]) == x and value(r, key) is not None]
+                for i, r in enumerate(at_x):
+                    xi = x + 0.08 * (i - (len(at_x) - 1) / 2)  # seeds side by side
+                    half = _half95(r.get("paired")) if key == "delta" else 0.0
+                    if half:
+                        draw.line([panel.at(xi, value(r, key) - half), panel.at(xi, value(r, key) + half)],
+                                  fill=GREY, width=1)
+                    panel.point(xi, value(r, key), colour, radius=3)
+                means.append(sum(value(r, key) for r in at_x) / len(at_x) if at_x else None)
+            panel.line(xs, means, colour)
+        draw.text((left + (w - 90) // 2 - 60, top + h - 55), "unique training images (log2)", fill="black")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    img.save(out)
+    return out
+
+
 def plots(results: list[dict], grid: dict, results_dir: Path) -> list[Path]:
     paths = [plot_deltas(results, grid, results_dir / "delta_vs_factors.png")]
+    if "train-fraction" in grid["factors"]:
+        paths.append(plot_data_scale(results, results_dir / "data_scale.png"))
     for entry in results:
         paths.append(plot_curves(entry, results_dir / "curves" / f"{slug(entry['name'])}.png"))
     return paths
@@ -798,11 +970,13 @@ def _grid(args) -> tuple[str, dict]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grid", default="tiny-imagenet", help=f"a built-in grid {sorted(GRIDS)} or a JSON file")
-    parser.add_argument("--results", type=Path, default=RESULTS, help="where the per-run JSON files go")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="where the per-run JSON files go (default: the grid's 'results' folder under "
+                             f"bench/results/, else {RESULTS})")
     sub = parser.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run every unfinished run of the grid")
     r.add_argument("--data", default=None, help="dataset for python -m tinymoe.train --data (default: the grid's)")
-    r.add_argument("--runs-dir", type=Path, default=RUNS, help="where the runs' checkpoints and logs go")
+    r.add_argument("--runs-dir", type=Path, default=None, help="where the runs' checkpoints and logs go")
     r.add_argument("--threads", type=int, default=2)
     r.add_argument("--only", nargs="*", default=None, help="run only these runs (names as --dry-run lists them)")
     r.add_argument("--dry-run", action="store_true", help="print the runs and their commands, run nothing")
@@ -810,17 +984,32 @@ def main(argv=None) -> int:
     a.add_argument("run", help="the planned run it stands for (names as `run --dry-run` lists them)")
     a.add_argument("--from", dest="source", type=Path, required=True, help="the finished run's --out directory")
     a.add_argument("--data", default=None, help="as for run (default: the grid's)")
-    a.add_argument("--runs-dir", type=Path, default=RUNS)
+    a.add_argument("--runs-dir", type=Path, default=None)
     g = sub.add_parser("routing", help="backfill top-1 by routed right/wrong and the oracle's top-1 of recorded runs")
-    g.add_argument("--runs-dir", type=Path, default=RUNS)
+    g.add_argument("--runs-dir", type=Path, default=None)
     g.add_argument("--force", action="store_true", help="recompute runs that have the numbers already")
     q = sub.add_parser("paired", help="Δ's standard error from the choice of val images (paired, per image)")
-    q.add_argument("--runs-dir", type=Path, default=RUNS)
+    q.add_argument("--runs-dir", type=Path, default=None)
     q.add_argument("--force", action="store_true", help="recompute runs that have the numbers already")
+    c = sub.add_parser("train-clean", help="both models' top-1 on the un-augmented images each run trained on")
+    c.add_argument("--runs-dir", type=Path, default=None)
+    c.add_argument("--max-images", type=int, default=CLEAN_TRAIN_IMAGES,
+                   help="a seeded sample of this many training images per run (0: all)")
+    c.add_argument("--force", action="store_true", help="recompute runs that have the numbers already")
     sub.add_parser("table", help="write the results table (Markdown) to RESULTS/table.md and print it")
-    sub.add_parser("plots", help="draw Δ vs each factor and train/val curves per run")
+    sub.add_parser("plots", help="draw Δ vs each factor and train/val curves per run (and, for a grid with a "
+                                 "train-fraction factor, the data-scale figure)")
     args = parser.parse_args(argv)
     name, grid = _grid(args)
+    if args.results is None:
+        args.results = HERE / "results" / grid["results"] if "results" in grid else RESULTS
+    if getattr(args, "runs_dir", RUNS) is None:
+        args.runs_dir = Path(grid.get("runs_dir", RUNS))
+    if args.cmd == "train-clean":
+        updated = analyse_train_clean(args.results, args.runs_dir, max_images=args.max_images or None,
+                                      force=args.force)
+        print(f"{len(updated)} runs updated")
+        return 0
     if args.cmd == "run":
         status = run_grid(grid, name, args.data or grid.get("data", "tiny-imagenet"), args.runs_dir, args.results,
                           args.threads, args.only, args.dry_run)

@@ -55,6 +55,25 @@ def test_a_two_run_grid_on_synthetic_data(tmp_path, monkeypatch, capsys):
         assert entry["delta_top1"] == pytest.approx(entry["moe"]["top1"] - entry["dense"]["top1"])
         assert len(entry["moe"]["history"]) == 1 and "train_loss" in entry["moe"]["history"][0]
         assert sum(entry["moe"]["expert_counts"]) == entry["moe"]["images"]
+        # Recorded with the run: both models' top-1 on the un-augmented images they trained on (all of them
+        # here: fewer than the 10,000 of the sample).
+        assert entry["train_fraction"] == 1.0
+        for model in ("dense", "moe"):
+            clean = entry[model]["train_clean"]
+            assert clean["images"] == clean["of"] == entry["train_images"]
+            assert 0 <= entry[model]["train_top1_clean"] <= 100
+            assert entry[model]["train_val_gap_clean"] == pytest.approx(
+                entry[model]["train_top1_clean"] - entry[model]["top1"])
+    # `train-clean` recomputes the same numbers (--force), or a seeded sample of them (--max-images).
+    before = json.loads(files[0].read_text())
+    assert study.main(args + ["train-clean", "--runs-dir", str(runs)]) == 0
+    assert "0 runs updated" in capsys.readouterr().out
+    assert study.main(args + ["train-clean", "--runs-dir", str(runs), "--force"]) == 0
+    assert json.loads(files[0].read_text()) == before
+    assert study.main(args + ["train-clean", "--runs-dir", str(runs), "--force", "--max-images", "40"]) == 0
+    sampled = json.loads(files[0].read_text())["moe"]["train_clean"]
+    assert sampled["images"] == 40 and sampled["of"] == before["train_images"] and sampled["sample_seed"] == 0
+    files[0].write_text(json.dumps(before, indent=2) + "\n")
 
     def no_training(*a, **k):
         raise AssertionError("a finished run was started again")
@@ -160,3 +179,58 @@ def test_upcycled_runs_are_compared_with_dense_trained_on_for_as_long():
     results[0]["paired_vs_dense_continued"] = {"ci95": [-2.08, -0.12]}  # after `paired`: its 95% interval
     assert "| 27.50 | -1.10 ± 0.98 |" in study.upcycling_table(results)[-1]
     assert study.upcycling_table(results[1:2]) == []
+
+
+def test_the_data_scale_grid_keeps_the_optimizer_and_warm_up_steps(capsys):
+    """Issue 15's curve: 4 fractions x 2 seeds, epochs 15/F and warm-up 1/F epochs (whole numbers), an
+    evaluation every 1/F epochs, base seed 0's superclasses for every run, and its own results and runs
+    folders (its base-seed0 must not meet the main study's)."""
+    grid = study.GRIDS["data-scale"]
+    runs = study.plan(grid)
+    assert [r.name for r in runs] == [f"{stem}-seed{seed}" for seed in (0, 1) for stem in
+                                      ("base", "train-fraction=0.5", "train-fraction=0.25", "train-fraction=0.125")]
+    base = study.GRIDS["tiny-imagenet"]["base"]
+    for run in runs:
+        f = float(run.flags["train-fraction"])
+        assert run.flags["epochs"] == 15 / f and run.flags["warmup"] == 1 / f and run.flags["eval-every"] == 1 / f
+        assert run.flags["superclasses"] == "bench/results/study/superclasses-base-seed0.json"
+        assert {k: v for k, v in run.flags.items() if k not in ("epochs", "warmup", "eval-every", "train-fraction",
+                                                                "superclasses")} == \
+            {k: v for k, v in base.items() if k not in ("epochs", "warmup", "eval-every")}
+    # Every run trains its own dense model (the fraction changes the dense model too).
+    assert len({study.dense_signature(r, "tiny-imagenet") for r in runs}) == len(runs)
+    # The flags are ones python -m tinymoe.train accepts, giving the intended TrainConfig.
+    train, _ = study.expected_configs(runs[3], "tiny-imagenet", 200, 64)
+    assert (train["epochs"], train["warmup_epochs"], train["eval_every"]) == (120, 8.0, 8)
+    assert study.main(["--grid", "data-scale", "run", "--dry-run", "--data", "tiny-imagenet-200.zip"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len([line for line in out if "-m tinymoe.train" in line]) == 8
+    assert all(str(Path("runs") / "data-scale") in line for line in out if "-m tinymoe.train" in line)
+    assert "--train-fraction 0.125" in out[3] and "--epochs 120" in out[3] and "--warmup 8" in out[3]
+
+
+def _fabricated(name, images, seed, delta, half, router, oracle_gain, gaps):
+    """A minimal recorded-run JSON for the plotting code (fabricated numbers: a test fixture only)."""
+    dense_top1, moe_top1 = 20.0, 20.0 + delta
+    history = [{"epoch": 1, "train_top1": 10.0, "eval_top1": 15.0}, {"epoch": 2, "train_top1": 20.0, "eval_top1": 18.0}]
+    return {"name": name, "grid": "data-scale", "changed": {}, "seed": seed, "train_images": images,
+            "delta_top1": delta, "train_config": {"epochs": 2},
+            "paired": {"delta": delta, "ci95": [delta - half, delta + half]},
+            "dense": {"top1": dense_top1, "train_val_gap_clean": gaps[0], "history": history},
+            "moe": {"top1": moe_top1, "router_accuracy": router, "oracle_top1": moe_top1 + oracle_gain,
+                    "train_val_gap_clean": gaps[1], "history": history}}
+
+
+def test_the_data_scale_plot_from_minimal_records(tmp_path):
+    entries = [_fabricated(f"r{i}-seed{seed}", images, seed, 0.5 - i * 0.3 + seed * 0.1, 1.0, 50 - i, 2.5, (3 + i, 5 + i))
+               for i, images in enumerate((90000, 45000, 22600, 11200)) for seed in (0, 1)]
+    entries[-1]["moe"].pop("train_val_gap_clean")  # not measured yet: drawn without it
+    entries[-1].pop("paired")
+    for entry in entries:
+        (tmp_path / f"{entry['name']}.json").write_text(json.dumps(entry))
+    assert study.main(["--grid", "data-scale", "--results", str(tmp_path), "plots"]) == 0
+    picture = Image.open(tmp_path / "data_scale.png")
+    assert picture.size == (960, 580)
+    assert len(picture.convert("RGB").getcolors(maxcolors=10**6)) > 3  # something was drawn
+    with pytest.raises(ValueError, match="no recorded run"):
+        study.plot_data_scale([], tmp_path / "none.png")

@@ -41,6 +41,7 @@ from tinymoe.data import (
     find_tiny_imagenet,
     holdout_split,
     make_synthetic,
+    train_split,
 )
 from tinymoe.data.downsampled import find_batches
 from tinymoe.evaluation import evaluate, predict, supports_oracle
@@ -163,6 +164,7 @@ class PipelineOptions:
     train: TrainConfig = field(default_factory=TrainConfig)
     stages: tuple[str, ...] = ("dense", "superclasses", "moe")  # a subset runs only those stages
     holdout_fraction: float = 0.1  # of train, per class, for the confusion matrix
+    train_fraction: float = 1.0  # of the rest, per class, nested across fractions (tinymoe.data.train_fraction_split)
     superclasses_file: Path | None = None  # use these superclasses instead of computing them
     model_seed: int = 0  # initial weights
     resume: bool = False  # continue interrupted stages from their last.npz
@@ -307,14 +309,18 @@ def run_pipeline(splits: Splits, opts: PipelineOptions, log=print) -> dict:
     if opts.teacher_forcing and not issubclass(router_class(moe_config), SuperclassRouter):
         raise ConfigError(f"teacher forcing routes each image by its superclass, which routing={moe_config.routing!r} "
                           "does not have; use routing='superclass' (or 'random'), or leave teacher forcing off")
-    train_idx, holdout = holdout_split(splits.train_labels, opts.holdout_fraction, seed=opts.train.seed)
+    train_idx, holdout = train_split(splits.train_labels, opts.holdout_fraction, opts.train_fraction,
+                                     seed=opts.train.seed)
     data = TrainingData(splits.train_images, splits.train_labels, train_indices=train_idx,
                         eval_images=splits.val_images, eval_labels=splits.val_labels, eval_name="val")
     # Stored in both models' checkpoints: how to load the same data again, and which part of train was
-    # held out (so `python -m tinymoe.superclasses --checkpoint` evaluates on exactly that part).
-    metadata = {"data": splits.load_args, "holdout_fraction": opts.holdout_fraction, "holdout_seed": opts.train.seed}
+    # held out (so `python -m tinymoe.superclasses --checkpoint` evaluates on exactly that part) and which
+    # fraction of the rest was trained on (so `python -m tinymoe.evaluate --split train` rebuilds it).
+    metadata = {"data": splits.load_args, "holdout_fraction": opts.holdout_fraction, "holdout_seed": opts.train.seed,
+                "train_fraction": opts.train_fraction, "train_images": int(train_idx.size)}
     results: dict = {"dataset": splits.name, "out": str(opts.out), "train_config": asdict(opts.train),
-                     "holdout_images": int(holdout.size), "train_images": int(train_idx.size)}
+                     "holdout_images": int(holdout.size), "train_images": int(train_idx.size),
+                     "train_fraction": opts.train_fraction}
 
     dense = None
     if "dense" in opts.stages or ("superclasses" in opts.stages and opts.superclasses_file is None):

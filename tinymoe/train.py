@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cache-dir", default=None, help="where decoded images are cached (default: see README)")
     g.add_argument("--holdout-fraction", type=float, default=0.1,
                    help="fraction of train (per class) held out for the superclass confusion matrix")
+    g.add_argument("--train-fraction", type=train_fraction, default=1.0, metavar="F",
+                   help="train on this fraction (0 < F <= 1) of each class's training images (after the held-out "
+                        "split, which stays the same), chosen by --seed and nested: a smaller F's images are "
+                        "inside a larger F's")
 
     g = p.add_argument_group("model")
     g.add_argument("--layers", type=int, default=6, help="transformer blocks in total")
@@ -121,6 +125,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def train_fraction(text: str) -> float:
+    """argparse type of --train-fraction: a number in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0.0 < value <= 1.0:  # (also refuses NaN)
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
 def train_config(args, shards: int = 1):
     """The TrainConfig the flags describe (`shards`: from setup_process)."""
     from tinymoe.training import TrainConfig
@@ -179,9 +194,9 @@ def main(argv=None) -> int:
         stages = {"both": ("dense", "superclasses", "moe"), "dense": ("dense",), "moe": ("moe",)}[args.model]
         out = args.out or Path("runs") / f"{args.layers}x{args.dim}-{splits.name}"
         opts = PipelineOptions(out=out, model=model, train=train, stages=stages,
-                               holdout_fraction=args.holdout_fraction, superclasses_file=args.superclasses,
-                               model_seed=args.seed, resume=args.resume, upcycle=args.upcycle,
-                               teacher_forcing=args.teacher_forcing)
+                               holdout_fraction=args.holdout_fraction, train_fraction=args.train_fraction,
+                               superclasses_file=args.superclasses, model_seed=args.seed, resume=args.resume,
+                               upcycle=args.upcycle, teacher_forcing=args.teacher_forcing)
         print(f"tinymoe: {splits.name}, {splits.train_images.shape[0]} train / {splits.val_images.shape[0]} val "
               f"images, {splits.num_classes} classes -> {out}", flush=True)
         run_pipeline(splits, opts)

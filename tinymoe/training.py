@@ -290,6 +290,14 @@ class Trainer:
                 f"{self.last_path}: was written with a different training configuration (differs in {changed}"
                 f"{hint}); resume with the same settings, or use a new output directory"
             )
+        # Which training images (tinymoe.pipeline's metadata): a resumed stage must go on with the same ones.
+        # (A checkpoint from before --train-fraction existed trained on the whole fraction, 1.0.)
+        if "train_fraction" in self.metadata and ckpt.metadata.get("train_fraction", 1.0) != self.metadata["train_fraction"]:
+            raise CheckpointError(
+                f"{self.last_path}: was trained on train fraction {ckpt.metadata.get('train_fraction', 1.0)}, this run "
+                f"asks for {self.metadata['train_fraction']}; resume with the same --train-fraction, or use a new "
+                "output directory"
+            )
         load_into(ckpt, self.model)
         state = ckpt.state
         self.optimizer.load_state_dict(state["optimizer"])

@@ -12,6 +12,7 @@ DownsampledImageNet, ImageFolder, SyntheticHierarchy. Then:
 
     BatchLoader(images, labels, batch_size, shuffle=..., augment=..., seed=...).epoch(e)
     holdout_split(labels, fraction, seed)    the held-out part of train for the superclass step
+    train_fraction_split(labels, train, f, seed)  a nested, per-class fraction of the training images
 
 Decoded splits are cached as .npy memory maps (see tinymoe.data.cache for where and when they are
 rebuilt). Command line: `python -m tinymoe.data --help` (prepare the cache, verify a download).
@@ -26,6 +27,8 @@ from tinymoe.data.batches import (
     holdout_split,
     normalize,
     random_crop_flip,
+    train_fraction_split,
+    train_split,
 )
 from tinymoe.data.cache import default_cache_dir
 from tinymoe.data.dataset import ArrayDataset
@@ -80,6 +83,8 @@ __all__ = [
     "file_md5",
     "find_tiny_imagenet",
     "holdout_split",
+    "train_fraction_split",
+    "train_split",
     "index_tiny_imagenet",
     "load_downsampled_imagenet",
     "load_image_folder",

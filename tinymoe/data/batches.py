@@ -171,6 +171,42 @@ def holdout_split(
     return train, holdout
 
 
+
+def train_fraction_split(
+    labels: np.ndarray, train_indices: np.ndarray, fraction: float = 1.0, seed: int = 0
+) -> np.ndarray:
+    """The first `fraction` of every class's training images: a sorted int64 subset of `train_indices`.
+
+    For the data-scale experiments: fewer unique training images, same classes in the same
+    proportions. `train_indices` is what remains of train after `holdout_split`, so the held-out images
+    stay exactly the same for every fraction and are never trained on. Each class c keeps
+    floor(fraction * n_c + 1/2) of its n_c training images (at least one), namely a prefix of a
+    permutation that depends only on (seed, c), so the subsets are nested: the 12.5% subset lies inside
+    the 25% one, inside the 50% one. `fraction=1.0` returns `train_indices` itself (unchanged behaviour).
+    """
+    fraction = float(fraction)
+    if not 0.0 < fraction <= 1.0:  # (also refuses NaN)
+        raise ValueError(f"train fraction must be in (0, 1], got {fraction}")
+    train_indices = np.asarray(train_indices, dtype=np.int64)
+    if fraction == 1.0:
+        return train_indices
+    labels = np.asarray(labels)[train_indices]
+    keep = []
+    for c in np.unique(labels):
+        members = train_indices[labels == c]  # sorted, as train_indices is
+        k = max(1, int(np.floor(fraction * members.size + 0.5)))
+        order = np.random.default_rng([seed, 0xF4AC, int(c)]).permutation(members.size)
+        keep.append(members[order[:k]])
+    return np.sort(np.concatenate(keep)).astype(np.int64)
+
+
+def train_split(
+    labels: np.ndarray, holdout_fraction: float = 0.1, train_fraction: float = 1.0, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """`(train_indices, holdout_indices)` of a run: `holdout_split`, then `train_fraction_split` of the rest."""
+    train, holdout = holdout_split(labels, holdout_fraction, seed=seed)
+    return train_fraction_split(labels, train, train_fraction, seed=seed), holdout
+
 class BatchLoader:
     """Iterate (images float32 (B, H, W, 3) normalized, labels int64 (B,)) over a dataset, epoch by epoch.
 
