@@ -418,11 +418,11 @@ def test_cli_flags_reach_the_configs():
     assert (model.k, model.experts, model.router_input) == (2, 6, "mean_tokens")
     assert args.upcycle
     defaults = build_parser().parse_args([])
-    # Every regularisation option is off by default; the command line's recipe differs from the library's
-    # TrainConfig only where the calibration chose otherwise (reflect padding, no clipping; see train.py).
-    assert train_config(defaults) == TrainConfig(pad_mode="reflect", clip_grad=None)
+    # One set of defaults: the command line's recipe is the library's TrainConfig() and ModelConfig().
+    assert train_config(defaults) == TrainConfig()
     plain = model_config(defaults, num_classes=200, image_size=64)
-    assert plain.init == "pytorch"  # the calibrated initialisation (ModelConfig's own default is "timm")
+    assert plain == ModelConfig(num_classes=200, image_size=64)
+    assert plain.init == "pytorch" and plain.patch_size == 16 and TrainConfig().clip_grad is None
     assert (plain.drop_path, plain.expert_dropout, defaults.teacher_forcing, defaults.upcycle) == (0.0, 0.0, False, False)
     assert build_parser().parse_args(["--random-erase", "0.1"]).random_erase == 0.1
 

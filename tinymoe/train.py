@@ -12,9 +12,9 @@ PipelineOptions; the logic lives in the library.
 
 The defaults are the calibrated recipe of the reproduction (bench/RESULTS.md, Reproduction): 15 epochs, patch 16,
 AdamW lr 2e-3, batch 256, weight decay 0.05, 1 warm-up epoch + cosine, label smoothing 0.1, random crop
-with 4-pixel reflect padding + flip, no gradient clipping, PyTorch's default initialisation. Three of
-these differ from the library's own defaults (TrainConfig: zero padding, clipping at 1.0; ModelConfig:
-timm's initialisation), which keep the behaviour the earlier recorded runs used.
+with 4-pixel reflect padding + flip, no gradient clipping, PyTorch's default initialisation. They are the
+library's own defaults too (TrainConfig(), ModelConfig()): the parser cannot read them before NumPy loads,
+so it repeats them, and a test (tests/test_regularisation.py) holds the two equal.
 
 Only the standard library (and `tinymoe.runtime`, itself standard library only) is imported at the top:
 NumPy's BLAS and Numba read their thread counts when they load, so `--threads` must be applied
@@ -72,8 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--router-input", choices=("class_token", "mean_tokens"), default="class_token")
     g.add_argument("--init", choices=("timm", "pytorch"), default="pytorch",
                    help="initial weights: PyTorch's nn.Linear default (uniform in ±1/sqrt(fan_in); the calibrated "
-                        "recipe, 3.4 points better at 15 epochs) or timm's ViT scheme (truncated normal, std 0.02, "
-                        "the library's ModelConfig default); see bench/RESULTS.md, Calibration")
+                        "recipe, 3.4 points better at 15 epochs) or timm's ViT scheme (truncated normal, std 0.02); "
+                        "see bench/RESULTS.md, Calibration")
     g.add_argument("--superclasses", type=Path, default=None, help="use this superclasses JSON instead of computing it")
     g.add_argument("--upcycle", action="store_true",
                    help="initialise the MoE from the trained dense model: every expert a copy of its block's MLP")

@@ -69,10 +69,10 @@ class TrainConfig:
     weight_decay: float = 0.05  # AdamW decoupled decay; biases, norms and embeddings are not decayed
     warmup_epochs: float = 1.0  # linear warmup from 0 to lr over this many epochs
     label_smoothing: float = 0.1  # classification target: 1 - s on the label, s spread over all classes
-    clip_grad: float | None = 1.0  # clip the global gradient norm to this; None = no clipping
+    clip_grad: float | None = None  # clip the global gradient norm to this; None = no clipping (the recipe)
     augment: bool = True  # random crop (padding of `padding` px) + horizontal flip
     padding: int = 4
-    pad_mode: str = "zero"  # what the crop's padding holds: "zero" or "reflect" (mirrored border)
+    pad_mode: str = "reflect"  # what the crop's padding holds: "reflect" (mirrored border) or "zero"
     seed: int = 0  # data order and augmentation; the model's init seed is separate
     eval_every: int = 1  # evaluate on the eval set every n epochs (0: only at the end)
     log_every: int = 50  # steps between metric lines

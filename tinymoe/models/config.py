@@ -47,12 +47,12 @@ class ModelConfig:
     heads: int | None = None  # attention heads; None = from the width (see default_heads)
     mlp_ratio: int = 4  # MLP hidden width = mlp_ratio * dim
     image_size: int = 64  # square input images, pixels per side (Tiny ImageNet: 64)
-    patch_size: int = 8  # square patches; (image_size / patch_size)^2 tokens + 1 class token
+    patch_size: int = 16  # square patches; (image_size / patch_size)^2 tokens + 1 class token (64 px: 4x4 + 1)
     channels: int = 3  # input channels (images are channel-last: (B, H, W, channels))
     num_classes: int = 200  # classifier outputs (Tiny ImageNet: 200)
     norm_eps: float = 1e-6  # LayerNorm epsilon (as timm's ViT)
-    init: str = "timm"  # initial weights: "timm" (truncated normal, std 0.02) or "pytorch" (nn.Linear's
-    #                     default, uniform in ±1/sqrt(fan_in)); see tinymoe/models/vit.py
+    init: str = "pytorch"  # initial weights: "pytorch" (nn.Linear's default, uniform in ±1/sqrt(fan_in); the
+    #                        calibrated recipe) or "timm" (truncated normal, std 0.02); see tinymoe/models/vit.py
 
     # ---- Mobile V-MoE ----
     moe_layers: int = 2  # the LAST moe_layers blocks are MoE blocks; 0 = a dense ViT

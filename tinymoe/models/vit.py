@@ -17,15 +17,15 @@ Architecture (ViT, Dosovitskiy et al. 2021, pre-norm as in timm):
 Images are channel-last, (B, H, W, C), because that is how the data loaders (and PIL) produce them;
 a channel-first array gets an error telling you to transpose it.
 
-Initialisation, all drawn from one seeded np.random.Generator. `init="timm"` (the default, timm's ViT
+Initialisation, all drawn from one seeded np.random.Generator. `init="timm"` (timm's ViT
 scheme): linear weights and the position embedding truncated normal with std 0.02 (cut at 2 std),
 linear biases 0, the class token normal with std 1e-6, LayerNorms 1 and 0, and the patch embedding
 uniform in ±1/sqrt(p·p·C) (weight and bias; PyTorch's default for the convolution timm uses there).
-`init="pytorch"`: what a model written with plain nn.Linear layers starts from: every linear map's
+`init="pytorch"` (the default, the calibrated recipe's): what a model written with plain nn.Linear layers starts from: every linear map's
 weight and bias uniform in ±1/sqrt(fan_in) (nn.Linear's kaiming_uniform(a=√5); experts and routers
 alike), the position embedding N(0, 0.02), the class token 0, LayerNorms 1 and 0. With fan-in 64 that
 is a weight std of 0.072, 3.6× timm's 0.02, which changes how fast a small model learns in a short
-schedule (README, Reproduction: calibration).
+schedule (bench/RESULTS.md, Calibration).
 
 Parameters (`model.state_dict()` names; D = dim, H = mlp_ratio·dim, E = experts, C = classes,
 N = patches + 1, p = patch_size, c = channels). Every weight is stored (in, out), so x @ W; PyTorch /
