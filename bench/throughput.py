@@ -85,7 +85,7 @@ def use_fused_ops() -> None:
     modules are written with (the expert MLPs already use the fused expert_mlp op). Same math
     (tests/ops/test_expert_and_packed_attention.py checks each fused op equals the composition,
     gradients included); this measures what adopting them would gain."""
-    from tinymoe.models import layers
+    from tinymoe.models import vit as layers  # Attention and Mlp live in the model file
     from tinymoe.ops.mlp import mlp
     from tinymoe.ops.packed_attention import packed_attention
 

@@ -18,9 +18,8 @@ from tinymoe.data import make_synthetic
 from tinymoe.data.augment import mix_targets, one_hot
 from tinymoe.lab import teacher_forced_forward, upcycle
 from tinymoe.models import ConfigError, ModelConfig, VisionTransformer, build_model
-from tinymoe.models.layers import Block, drop_path
-from tinymoe.models.moe import ExpertMlps
-from tinymoe.models.routing import plan_dispatch, top_k
+from tinymoe.models.moe import ExpertMlps, plan_dispatch, top_k
+from tinymoe.models.vit import Block, drop_path
 from tinymoe.tensor import Tensor
 from tinymoe.training import TrainConfig, TrainingData
 from tinymoe.testing.trainers import tiny_trainer

@@ -11,8 +11,8 @@ from model_helpers import module_gradcheck, routing_margin
 from tinymoe import Tensor, no_grad, ops
 from tinymoe.gradcheck import gradcheck
 from tinymoe.models import ModelConfig, VisionTransformer, random_class_groups, router_accuracy
-from tinymoe.models.moe import ExpertMlps, ImageRouter, MoEBlock, TokenMoEBlock, cv_squared, importance_loss, load_loss
-from tinymoe.models.routing import plan_dispatch
+from tinymoe.models.moe import ExpertMlps, ImageRouter, cv_squared, importance_loss, load_loss, plan_dispatch
+from tinymoe.models.vit import MoEBlock, TokenMoEBlock
 from tinymoe.testing import strategies as st_
 
 

@@ -10,14 +10,8 @@ from hypothesis import strategies as st
 
 from tinymoe import Tensor
 from tinymoe.gradcheck import gradcheck
-from tinymoe.models.routing import (
-    capacity_keep_mask,
-    expert_capacity,
-    expert_linear,
-    normal_cdf,
-    plan_dispatch,
-    top_k,
-)
+from tinymoe.models.moe import capacity_keep_mask, expert_capacity, plan_dispatch, top_k
+from tinymoe.ops import expert_linear, normal_cdf
 from tinymoe.testing import strategies as st_
 
 

@@ -13,7 +13,7 @@ from model_helpers import module_gradcheck, routing_margin, tiny_config, tiny_co
 from tinymoe import Tensor, no_grad
 from tinymoe.models import ModelConfig, VisionTransformer, count
 from tinymoe.models import vit as vit_module
-from tinymoe.models.layers import Block
+from tinymoe.models.vit import Block
 
 
 def images_for(config, batch, seed=0, dtype=np.float32):
@@ -60,7 +60,7 @@ def test_patch_embedding_is_a_stride_p_convolution():
 
 
 def test_same_seed_same_model_and_timm_like_initialisation():
-    c = ModelConfig(layers=2, dim=64, moe_layers=1)
+    c = ModelConfig(layers=2, dim=64, moe_layers=1, patch_size=8, init="timm")  # timm's scheme (default: PyTorch's)
     a, b, other = VisionTransformer(c, rng=5), VisionTransformer(c, rng=5), VisionTransformer(c, rng=6)
     sa, sb, so = a.state_dict(), b.state_dict(), other.state_dict()
     assert all(np.array_equal(sa[n], sb[n]) for n in sa)
@@ -80,7 +80,7 @@ def test_pytorch_initialisation_is_uniform_in_one_over_sqrt_fan_in(routing):
     """init="pytorch": every linear map (experts and routers too) weight and bias in ±1/sqrt(fan_in),
     spread like a uniform (std = bound / sqrt 3); class token 0; position embedding N(0, 0.02); norms
     untouched. A weight left at timm's 0.02 would fail the spread check for fan-in 64."""
-    c = ModelConfig(layers=2, dim=64, moe_layers=1, routing=routing, init="pytorch")
+    c = ModelConfig(layers=2, dim=64, moe_layers=1, routing=routing, init="pytorch", patch_size=8)
     state = VisionTransformer(c, rng=5).state_dict()
     fan_in = {"patch_embed": c.patch_dim, "qkv": 64, "proj": 64, "fc1": 64, "fc2": 256, "head": 64, "router": 64}
     checked = 0

@@ -1,7 +1,7 @@
 """The expert MLPs of an MoE block, grouped by expert: gather, two matrix products with bias + GELU,
 gate, scatter back. Reference kernels (plain NumPy) and Numba versions, forward and backward.
 
-Layout (what `tinymoe.models.routing.plan_dispatch` produces):
+Layout (what `tinymoe.models.moe.plan_dispatch` produces):
 
     x            (R, ..., D)     R input rows: images (R = B, inner axes = tokens) or single tokens
     source       (M,)            dispatched row i reads input row source[i]; rows are listed expert by

@@ -24,29 +24,117 @@ The study's overrides of the router's decision are not here: `tinymoe.lab.routin
 outside, on the routing these routers return.
 
 Sparse compute: experts are stored stacked, (E, D, hidden), and each expert runs one matrix product on
-exactly the rows routed to it (see `tinymoe.models.routing`); no expert ever sees a masked-out row.
+exactly the rows routed to it (see `plan_dispatch` below); no expert ever sees a masked-out row.
+
+How a sparse MoE layer runs here (per-image and per-token routing alike):
+
+    1. a router scores each *row* (an image, or a token) against the E experts: probs = softmax(W r);
+    2. `top_k` picks each row's k best experts (`experts`, (R, k)) and their gate values;
+    3. `plan_dispatch` lists the (row, choice) pairs sorted by expert, so that each expert's rows are one
+       contiguous block: `source[i]` is the row read by dispatched row i, `group_sizes[e]` how many
+       rows expert e gets. Rows dropped by a capacity limit are simply not listed;
+    4. ops.take(x, source) gathers the rows (copies of an image for each of its k experts), the experts
+       run as two `expert_linear` calls (one matrix product per expert, never E masked ones), each
+       result is scaled by its gate, and ops.scatter_add(y, source) sums each row's k outputs back.
+
+Every step costs O(rows · k), so an image routed to one of ten experts costs what a dense MLP costs.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from tinymoe import ops
-from tinymoe.models.layers import Attention, drop_path
-from tinymoe.models.routing import (
-    Dispatch,
-    capacity_keep_mask,
-    expert_capacity,
-    expert_linear,
-    normal_cdf,
-    plan_dispatch,
-    top_k,
-)
-from tinymoe.nn import LayerNorm, Module, Parameter, truncated_normal
-from tinymoe.ops.expert import expert_mlp
+from tinymoe.nn import Module, Parameter, truncated_normal
+from tinymoe.ops import expert_linear, expert_mlp, normal_cdf
 from tinymoe.tensor import Tensor
+
+
+# --------------------------------------------------------------------------------------------------
+# Choosing experts (not differentiable: the choice is discrete; gradients reach the router through
+# the gate values, which are read from the softmax with ops.getitem)
+# --------------------------------------------------------------------------------------------------
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest entries along the last axis, largest first; ties go to the lower index.
+
+    (..., E) -> (..., k) int64. A stable sort of -scores keeps equal scores in index order, so the
+    choice is deterministic, which the tests of permutation equivariance rely on.
+    """
+    if not 1 <= k <= scores.shape[-1]:
+        raise ValueError(f"top_k: k={k} must be between 1 and the number of experts {scores.shape[-1]}")
+    return np.argsort(-scores, axis=-1, kind="stable")[..., :k].astype(np.int64)
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """Which rows each expert processes, listed expert by expert.
+
+    Attributes:
+        source: (M,) the input row each dispatched row reads (an image index, or a flat token index).
+        choice: (M,) the position of that (row, choice) pair in the flattened (R, k) gate array, so
+            gates.reshape(-1)[choice] lines the gate values up with the dispatched rows.
+        group_sizes: (E,) rows per expert; dispatched rows [sum(group_sizes[:e]), ... + group_sizes[e])
+            belong to expert e.
+        num_rows: R, the number of input rows (the size scatter_add restores).
+    """
+
+    source: np.ndarray
+    choice: np.ndarray
+    group_sizes: np.ndarray
+    num_rows: int
+
+
+def plan_dispatch(experts: np.ndarray, num_experts: int, keep: np.ndarray | None = None) -> Dispatch:
+    """Sort the (row, choice) pairs of `experts` (R, k) by expert; drop pairs where `keep` is False."""
+    num_rows, k = experts.shape
+    flat_expert = experts.reshape(-1)  # (R*k,), row-major: row r's choices are r*k ... r*k + k-1
+    choice = np.arange(num_rows * k)
+    if keep is not None:
+        choice = choice[keep.reshape(-1)]
+    # A stable sort keeps the rows of one expert in their original order.
+    order = np.argsort(flat_expert[choice], kind="stable")
+    choice = choice[order]
+    return Dispatch(
+        source=choice // k,
+        choice=choice,
+        group_sizes=np.bincount(flat_expert[choice], minlength=num_experts),
+        num_rows=num_rows,
+    )
+
+
+def expert_capacity(tokens_per_group: int, k: int, experts: int, capacity_factor: float) -> int:
+    """Most (token, choice) pairs one expert accepts from one group (here: one image).
+
+        capacity = ceil(capacity_factor · k · tokens_per_group / experts)
+
+    With capacity_factor = 1 and perfectly balanced routing, every expert is exactly full. V-MoE
+    rounds; we round up, so capacity >= 1 and a factor >= experts / k never drops anything.
+    """
+    return max(1, math.ceil(capacity_factor * k * tokens_per_group / experts))
+
+
+def capacity_keep_mask(experts: np.ndarray, num_experts: int, capacity: int) -> np.ndarray:
+    """Which (token, choice) pairs fit into their expert's buffer, for `experts` of shape (B, N, k).
+
+    Each image is a group with its own buffers of `capacity` slots per expert. Slots are filled in
+    priority order: all tokens' first choices (j = 0) before any second choice, and within one choice
+    level, tokens in position order (class token first). This is V-MoE's order without Batch
+    Prioritized Routing. Returns a (B, N, k) bool array; False = dropped.
+    """
+    batch, tokens, k = experts.shape
+    b, n, j = np.meshgrid(np.arange(batch), np.arange(tokens), np.arange(k), indexing="ij")
+    b, n, j, e = b.ravel(), n.ravel(), j.ravel(), experts.ravel()
+    # Sort by image, then expert, then choice level, then token position (np.lexsort: last key first).
+    order = np.lexsort((n, j, e, b))
+    bucket = b[order] * num_experts + e[order]  # one bucket per (image, expert)
+    starts = np.r_[True, bucket[1:] != bucket[:-1]]
+    first_of_bucket = np.maximum.accumulate(np.where(starts, np.arange(order.size), 0))
+    slot = np.empty(order.size, dtype=np.int64)
+    slot[order] = np.arange(order.size) - first_of_bucket  # 0, 1, 2, ... within each bucket
+    return (slot < capacity).reshape(batch, tokens, k)
 
 
 def random_class_groups(num_classes: int, groups: int, seed: int) -> np.ndarray:
@@ -356,68 +444,6 @@ class TokenRouter(Module):
         return routing, dispatch
 
 
-# --------------------------------------------------------------------------------------------------
-# The MoE-ViT block
-# --------------------------------------------------------------------------------------------------
-class MoEBlock(Module):
-    """A pre-norm block whose MLP is a mixture of E expert MLPs (attention and norms shared):
-
-        x = x + Attention(LayerNorm(x))
-        x = x + sum over the chosen experts e of gate_e · Expert_e(LayerNorm(x))
-
-    Per-image routing: the experts and gates come from outside (`ImageRouting`, one decision per image,
-    made once by the model's router and reused by every MoE block).
-    """
-
-    def __init__(self, dim: int, heads: int, hidden: int, experts: int, eps: float, rng: np.random.Generator,
-                 dtype=np.float32, drop_rate: float = 0.0, expert_dropout: float = 0.0):
-        super().__init__()
-        self.norm1 = LayerNorm(dim, eps=eps, dtype=dtype)
-        self.attn = Attention(dim, heads, rng=rng, dtype=dtype)
-        self.norm2 = LayerNorm(dim, eps=eps, dtype=dtype)
-        self.experts = ExpertMlps(experts, dim, hidden, rng=rng, dtype=dtype)
-        self.drop_rate = float(drop_rate)  # stochastic depth of both residual branches (training only)
-        self.expert_dropout = float(expert_dropout)  # dropout inside the experts (training only)
-
-    def _expert_dropout(self) -> float:
-        return self.expert_dropout if self.training else 0.0
-
-    def forward(self, x: Tensor, routing: ImageRouting, rng: np.random.Generator | None = None):
-        """Every token of image b goes to the experts routing.experts[b]. Returns (x, routing).
-        `rng` draws the stochastic-depth and expert-dropout masks (training only)."""
-        x = x + drop_path(self.attn(self.norm1(x)), self.drop_rate, self.training, rng)
-        h = self.norm2(x)  # (B, N, D); rows = images, each carrying all N tokens
-        gates = ops.reshape(routing.gates, (-1,))  # (B·k,)
-        y = self.experts(h, routing.dispatch, gates, self._expert_dropout(), rng)
-        return x + drop_path(y, self.drop_rate, self.training, rng), routing
-
-
-class TokenMoEBlock(MoEBlock):
-    """Regular V-MoE's MoE block: its own `TokenRouter` sends each token to its top-k experts, within
-    capacity (capacity_factor in training, eval_capacity_factor in eval mode), with router noise of
-    std router_noise / E in training (V-MoE: sigma = 1/E)."""
-
-    def __init__(self, dim: int, heads: int, hidden: int, experts: int, eps: float, rng: np.random.Generator,
-                 dtype=np.float32, drop_rate: float = 0.0, expert_dropout: float = 0.0, *, k: int = 1,
-                 capacity_factor: float = 1.25, eval_capacity_factor: float = 2.0, router_noise: float = 1.0):
-        super().__init__(dim, heads, hidden, experts, eps, rng, dtype, drop_rate, expert_dropout)
-        self.router = TokenRouter(dim, experts, rng=rng, dtype=dtype)
-        self.k, self.capacity_factor, self.eval_capacity_factor = k, capacity_factor, eval_capacity_factor
-        self.router_noise = router_noise
-
-    def forward(self, x: Tensor, routing=None, rng: np.random.Generator | None = None):
-        """Each token goes to its own top-k experts, within capacity. Returns (x, this block's TokenRouting)."""
-        x = x + drop_path(self.attn(self.norm1(x)), self.drop_rate, self.training, rng)
-        h = self.norm2(x)  # (B, N, D)
-        batch, tokens, dim = h.shape
-        cf = self.capacity_factor if self.training else self.eval_capacity_factor
-        noise_std = self.router_noise / self.router.experts if self.training else 0.0
-        routing, dispatch = self.router(h, self.k, cf, noise_std, rng)
-        rows = ops.reshape(h, (batch * tokens, dim))  # rows = tokens
-        y = self.experts(rows, dispatch, ops.reshape(routing.gates, (-1,)), self._expert_dropout(), rng)  # (B·N, D)
-        return x + drop_path(ops.reshape(y, (batch, tokens, dim)), self.drop_rate, self.training, rng), routing
-
-
 # The routing variants by name (ModelConfig.routing): the router class decides everything that differs.
 ROUTERS = {"superclass": SuperclassRouter, "learned": LearnedRouter, "random": RandomGroupRouter, "token": TokenRouter}
 
@@ -434,13 +460,11 @@ __all__ = [
     "LearnedRouter",
     "SuperclassRouter",
     "RandomGroupRouter",
-    "TokenMoEBlock",
     "ExpertMlps",
     "ImageRouter",
     "ImageRouting",
     "TokenRouter",
     "TokenRouting",
-    "MoEBlock",
     "random_class_groups",
     "cv_squared",
     "importance_loss",
