@@ -169,9 +169,10 @@ _DOES_NOT_CHANGE_RESULTS = {"max_steps", "log_every", "eval_every", "prefetch"}
 
 
 def no_decay(name: str, param) -> bool:
-    """Parameters excluded from weight decay, as in timm's ViT: biases and LayerNorm gains (1-D) and the
-    class token / position embedding. Decaying them only pulls them towards zero for no benefit."""
-    return param.ndim <= 1 or name.endswith(("cls_token", "pos_embed"))
+    """Parameters excluded from weight decay, as in timm's ViT: biases (also the experts' stacked (E, h)
+    biases, which are 2-D), LayerNorm gains (1-D) and the class token / position embedding. Decaying them
+    only pulls them towards zero for no benefit."""
+    return param.ndim <= 1 or name.endswith(("bias", "cls_token", "pos_embed"))
 
 
 def make_optimizer(model, cfg: TrainConfig) -> AdamW:
