@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", "--output", dest="out", type=Path, default=None,
                    help="output directory (default: runs/<layers>x<dim>-<data>)")
     g.add_argument("--resume", action="store_true", help="continue interrupted stages from their last checkpoint")
+    g.add_argument("--force", action="store_true",
+                   help="retrain a stage whose files in --out were made with other settings (default: refuse)")
+    g.add_argument("--debug", action="store_true", help="on an error, show the Python traceback")
     g.add_argument("--threads", type=int, default=None,
                    help="cores to use (default: all): each batch is split over this many threads (data "
                         "parallelism, see tinymoe.parallel); token routing uses multi-threaded BLAS/Numba instead")
@@ -181,21 +184,54 @@ def model_config(args, num_classes: int, image_size: int):
     )
 
 
+def report_errors(expected: tuple, debug: bool, work) -> int:
+    """Run `work()` and turn what can go wrong into exit codes and one-line messages (tracebacks only with
+    --debug): 0 done, 2 an error the message explains, 130 stopped by Ctrl-C (its state saved), 1 a bug."""
+    from tinymoe.training import TrainingInterrupted
+
+    try:
+        work()
+    except TrainingInterrupted as stop:
+        print(f"\n{stop}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # a second Ctrl-C: abort now; what was saved before stays valid
+        print("\naborted by a second Ctrl-C; the last checkpoint written before it is intact", file=sys.stderr)
+        return 130
+    except (*expected, OSError, MemoryError) as err:
+        if debug:
+            raise
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    except Exception as err:  # a bug in tinymoe: still one line, the traceback on request
+        if debug:
+            raise
+        print(f"internal error: {type(err).__name__}: {' '.join(str(err).split())} (run again with --debug for the "
+              "traceback, and please report it)", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    shards = setup_process(args.threads, shard=args.routing != "token")
+    try:
+        shards = setup_process(args.threads, shard=args.routing != "token")
+    except SystemExit as err:
+        print(err, file=sys.stderr)
+        return 2
 
     # Heavy imports only now (see the module docstring).
     from tinymoe.checkpoint import CheckpointError
     from tinymoe.data import DatasetFormatError, DatasetNotFoundError, DownloadError, ImageDecodeError
     from tinymoe.models import ConfigError
-    from tinymoe.pipeline import PipelineOptions, load_splits, run_pipeline
+    from tinymoe.atomic import DirectoryLocked
+    from tinymoe.pipeline import PipelineOptions, StageMismatch, load_splits, run_pipeline
     from tinymoe.superclasses import SuperclassFileError
-    from tinymoe.training import TrainingDiverged, TrainingInterrupted
+    from tinymoe.training import TrainingDiverged
 
     expected = (CheckpointError, ConfigError, DatasetFormatError, DatasetNotFoundError, DownloadError,
-                ImageDecodeError, SuperclassFileError, TrainingDiverged, FileExistsError, FileNotFoundError)
-    try:
+                ImageDecodeError, SuperclassFileError, TrainingDiverged, StageMismatch, DirectoryLocked, ValueError)
+
+    def work():
         try:
             train = train_config(args, shards)
         except ValueError as err:  # a flag out of range: say which, without a traceback
@@ -213,17 +249,12 @@ def main(argv=None) -> int:
         out = args.out or Path("runs") / f"{args.layers}x{args.dim}-{splits.name}"
         opts = PipelineOptions(out=out, model=model, train=train, stages=stages,
                                holdout_fraction=args.holdout_fraction, superclasses_file=args.superclasses,
-                               model_seed=args.seed, resume=args.resume, upcycle=args.upcycle)
+                               model_seed=args.seed, resume=args.resume, upcycle=args.upcycle, force=args.force)
         print(f"tinymoe: {splits.name}, {splits.train_images.shape[0]} train / {splits.val_images.shape[0]} val "
               f"images, {splits.num_classes} classes -> {out}", flush=True)
         run_pipeline(splits, opts)
-    except TrainingInterrupted as stop:
-        print(f"\n{stop}", file=sys.stderr)
-        return 130
-    except expected as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+
+    return report_errors(expected, args.debug, work)
 
 
 if __name__ == "__main__":

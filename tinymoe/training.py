@@ -199,7 +199,7 @@ class TrainSummary:
 
 # Settings that only change when the run stops, what it logs, or how batches are prepared, not the
 # numbers it computes: a run may be resumed with other values of these.
-_DOES_NOT_CHANGE_RESULTS = {"max_steps", "log_every", "eval_every", "prefetch"}
+DOES_NOT_CHANGE_RESULTS = {"max_steps", "log_every", "eval_every", "prefetch"}
 
 
 def no_decay(name: str, param) -> bool:
@@ -320,7 +320,7 @@ class Trainer:
         # the behaviour the setting's default stands for (new settings always default to the old behaviour).
         saved_cfg = {**asdict(TrainConfig()), **(ckpt.metadata.get("train_config") or {})}
         changed = sorted(
-            k for k, v in asdict(self.cfg).items() if k not in _DOES_NOT_CHANGE_RESULTS and saved_cfg[k] != v
+            k for k, v in asdict(self.cfg).items() if k not in DOES_NOT_CHANGE_RESULTS and saved_cfg[k] != v
         )
         if changed:
             hint = ""
