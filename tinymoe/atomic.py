@@ -30,13 +30,13 @@ class WriteError(OSError):
     """A file could not be written (no space, no permission, ...); the message names the file and the fix."""
 
 
-def check_free_space(directory, nbytes: int, what) -> None:
+def check_free_space(directory, nbytes: int, what, fix: str = "free some space or write somewhere else") -> None:
     """Raise WriteError if the file system of `directory` has less than `nbytes` (+ 1 MiB) free."""
     free = shutil.disk_usage(directory).free
     if free < nbytes + 2**20:
         raise WriteError(
             f"not enough free space to write {what}: it needs about {nbytes / 2**20:.1f} MiB, {free / 2**20:.1f} MiB "
-            f"are free in {directory}; free some space or write somewhere else"
+            f"are free in {directory}; {fix}"
         )
 
 

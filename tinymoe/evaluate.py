@@ -53,10 +53,11 @@ def main(argv=None) -> int:
         return 2
 
     from tinymoe.checkpoint import CheckpointError
-    from tinymoe.data import DatasetFormatError, DatasetNotFoundError, ImageDecodeError
+    from tinymoe.data import DatasetFormatError, DatasetNotFoundError, ImageDecodeError, UnsafePickleError
     from tinymoe.models import ConfigError
 
-    expected = (CheckpointError, ConfigError, DatasetFormatError, DatasetNotFoundError, ImageDecodeError, ValueError)
+    expected = (CheckpointError, ConfigError, DatasetFormatError, DatasetNotFoundError, ImageDecodeError,
+                UnsafePickleError, ValueError)
     return report_errors(expected, args.debug, lambda: _evaluate(args, shards))
 
 

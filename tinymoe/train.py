@@ -221,7 +221,7 @@ def main(argv=None) -> int:
 
     # Heavy imports only now (see the module docstring).
     from tinymoe.checkpoint import CheckpointError
-    from tinymoe.data import DatasetFormatError, DatasetNotFoundError, DownloadError, ImageDecodeError
+    from tinymoe.data import DatasetFormatError, DatasetNotFoundError, DownloadError, ImageDecodeError, UnsafePickleError
     from tinymoe.models import ConfigError
     from tinymoe.atomic import DirectoryLocked
     from tinymoe.pipeline import PipelineOptions, StageMismatch, load_splits, run_pipeline
@@ -229,7 +229,8 @@ def main(argv=None) -> int:
     from tinymoe.training import TrainingDiverged
 
     expected = (CheckpointError, ConfigError, DatasetFormatError, DatasetNotFoundError, DownloadError,
-                ImageDecodeError, SuperclassFileError, TrainingDiverged, StageMismatch, DirectoryLocked, ValueError)
+                ImageDecodeError, SuperclassFileError, TrainingDiverged, StageMismatch, DirectoryLocked, UnsafePickleError,
+                ValueError)
 
     def work():
         try:
