@@ -131,7 +131,7 @@ def apply_threads(threads: int | None, shard: bool = True) -> tuple[int, int]:
     multi-threaded instead: BLAS and Numba both get `threads`. Either way no more threads run than cores.
     """
     os.environ.setdefault("TINYMOE_KERNELS", "numba")
-    n = threads or os.cpu_count() or 1
+    n = (os.cpu_count() or 1) if threads is None else threads
     if n < 1:
         raise SystemExit(f"error: --threads must be >= 1, got {n}")
     if "numpy" in sys.modules:
