@@ -271,6 +271,22 @@ def test_a_full_disk_is_a_one_line_error_and_keeps_what_was_saved(tmp_path, fini
     assert ".tmp" not in done.stdout
 
 
+@pytest.mark.skipif(not _can_mount_tmpfs(), reason="cannot mount a private tmpfs here (see the ENOSPC tests below)")
+def test_a_cache_larger_than_the_disk_is_a_write_error_not_sigbus(tmp_path):
+    """Writing through a memory map whose pages have no disk blocks kills the process with SIGBUS (rc 135):
+    the blocks are reserved first. The free-space check is switched off here to test that second guard."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    code = ("import numpy as np\nfrom tinymoe.data import cache\ncache.check_free_space = lambda *a, **k: None\n"
+            "try:\n    cache.build_cached(cache.Path(%r), 'train', {}, {'x': ((4 * 2**20,), np.dtype(np.uint8))}, "
+            "lambda a: a['x'].fill(1))\nexcept OSError as e:\n    print('error:', e)\n" % str(disk))
+    script = f"mount -t tmpfs -o size=1m tmpfs {disk} && {sys.executable} -c \"{code}\"; echo rc=$?; ls -a {disk}"
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, env=_env(),
+                          cwd=REPO, timeout=60)
+    assert "rc=0" in done.stdout and "No space left" in done.stdout and "--cache-dir" in done.stdout, done
+    assert ".tmp" not in done.stdout  # its temporary is removed
+
+
 # ----- ENOSPC simulated in process, at the layer that sees it -------------------------------------
 def test_cache_build_on_a_full_disk_is_a_write_error_not_sigbus(tmp_path, monkeypatch):
     from tinymoe.atomic import WriteError
@@ -324,3 +340,72 @@ def test_checkpoint_write_on_a_full_disk_is_one_write_error(tmp_path, monkeypatc
     with pytest.raises(WriteError, match=r"could not write .*m\.npz: .*No space left"):
         save_checkpoint(tmp_path / "m.npz", model)
     assert list(tmp_path.iterdir()) == []
+
+
+# ----- a stop request at each point of a stage, in process (deterministic) ------------------------
+@pytest.fixture(scope="module")
+def tiny():
+    from tinymoe.data import make_synthetic
+    from tinymoe.models import ModelConfig
+
+    synthetic = make_synthetic(n_groups=3, classes_per_group=2, images_per_class=16, size=16, seed=1)
+    return synthetic, ModelConfig(layers=2, dim=16, heads=2, image_size=16, patch_size=8, num_classes=6, moe_layers=0)
+
+
+@pytest.mark.parametrize("when", ["last step", "final evaluation"])
+def test_a_stop_during_a_stages_last_step_or_evaluation_is_honoured(tmp_path, tiny, when):
+    from tinymoe.checkpoint import load_checkpoint
+    from tinymoe.testing.trainers import tiny_trainer
+    from tinymoe.training import TrainingInterrupted
+
+    trainer = tiny_trainer(tmp_path, tiny[0], tiny[1], epochs=2)
+    last_step = trainer.total_steps
+    if when == "last step":
+        step = trainer.train_step
+
+        def stop_in_last_step(*args):
+            if trainer.step == last_step - 1:
+                trainer.request_stop()  # what the Ctrl-C handler does, here in the middle of the step
+            return step(*args)
+
+        trainer.train_step = stop_in_last_step
+    else:
+        evaluate = trainer._evaluate
+
+        def stop_in_evaluation():
+            if trainer.step == last_step:
+                trainer.request_stop()
+            return evaluate()
+
+        trainer._evaluate = stop_in_evaluation
+    with pytest.raises(TrainingInterrupted, match="--resume"):
+        trainer.run()
+    assert load_checkpoint(tmp_path / "model.npz").metadata["history"][-1]["epoch"] == 2  # finished and saved
+
+
+def test_a_stop_between_stages_trains_no_further_stage(tmp_path, tiny):
+    import tinymoe.pipeline as pipeline
+    from tinymoe.pipeline import PipelineOptions, load_splits, run_pipeline
+    from tinymoe.training import TrainConfig, TrainingInterrupted
+
+    splits = load_splits("synthetic", experts=3, synthetic_size=16, synthetic_per_class=16)
+    config = tiny[1].replace(moe_layers=1, experts=3, num_classes=splits.num_classes)
+    superclasses_stage = pipeline.superclasses_stage
+    stops = []
+
+    def stop_during_superclasses(*args, **kwargs):
+        groups = superclasses_stage(*args, **kwargs)
+        stops.append(1)
+        os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, caught by the run's StopRequest
+        return groups
+
+    opts = PipelineOptions(out=tmp_path, model=config, train=TrainConfig(epochs=1, batch_size=16, prefetch=0))
+    pipeline.superclasses_stage = stop_during_superclasses
+    try:
+        with pytest.raises(TrainingInterrupted, match="after the superclasses stage"):
+            run_pipeline(splits, opts, log=lambda *_: None)
+    finally:
+        pipeline.superclasses_stage = superclasses_stage
+    assert stops and (tmp_path / "superclasses.json").exists()
+    assert not (tmp_path / "moe-superclass").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
