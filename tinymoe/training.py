@@ -31,6 +31,10 @@ the model that shares its parameters (tinymoe.parallel); the gradient is the who
 float rounding, and each shard draws its random masks from its own generator, seeded from the run's,
 so a run is reproducible for a given number of shards (and resumable only with the same number).
 
+Divergence: non-finite logits or loss stop the step, and no checkpoint is ever written with NaN/inf
+parameters or moments (save_checkpoint refuses them; the run raises TrainingDiverged), so last.npz is
+always a state a run can continue from.
+
 Model selection: the final model is the one after the last epoch. Nothing is chosen by validation
 accuracy, so the validation set stays an honest estimate (evaluations on it are reported only).
 """
