@@ -191,6 +191,12 @@ _MOE_ONLY = {"experts", "k", "routing", "router_weight", "router_input", "random
              "eval_capacity_factor", "router_noise", "balance_weight", "expert_dropout", "teacher_forcing"}
 
 
+# TrainConfig fields that do not decide the trained model: how it logs or stops (DOES_NOT_CHANGE_RESULTS),
+# and the shard count (--threads), which changes only the order of float sums. A finished stage is reused
+# across thread counts; *resuming* one mid-way still needs the same count (Trainer checks it: bit-exact).
+_NOT_IN_FINGERPRINT = DOES_NOT_CHANGE_RESULTS | {"shards"}
+
+
 def _data_identity(load_args: dict) -> dict:
     """The load_splits arguments that decide the images: the synthetic generator's only for synthetic data."""
     if load_args.get("data") == "synthetic":
@@ -206,7 +212,7 @@ def stage_fingerprint(config: ModelConfig, splits: Splits, opts: PipelineOptions
         model = {k: v for k, v in model.items() if k not in _MOE_ONLY}
     return {
         "model": model,
-        "train": {k: v for k, v in asdict(opts.train).items() if k not in DOES_NOT_CHANGE_RESULTS},
+        "train": {k: v for k, v in asdict(opts.train).items() if k not in _NOT_IN_FINGERPRINT},
         "data": _data_identity(splits.load_args),
         "holdout_fraction": opts.holdout_fraction,
         "holdout_seed": opts.train.seed,
