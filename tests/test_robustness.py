@@ -237,6 +237,8 @@ def test_hostile_and_corrupt_inputs_get_one_line_errors(tmp_path):
         with z.open("__metadata__.npy", "w") as f:
             np.lib.format.write_array(f, np.array([object()], dtype=object), allow_pickle=True)
     refused(tool("tinymoe.evaluate", str(fake), "--threads", "1"), str(fake))
+    debug = tool("tinymoe.evaluate", str(fake), "--threads", "1", "--debug")  # the traceback, on request
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
     # Bad flags
     refused(train(tmp_path / "f", "--threads", "0"), "--threads")
     refused(train(tmp_path / "f", "--holdout-fraction", "2"))
@@ -321,7 +323,8 @@ def test_stale_cache_temporaries_of_dead_builds_are_removed(tmp_path):
     mine = tmp_path / f"train_images.tmp{os.getpid()}-1.npy"
     stale.write_bytes(b"x")
     mine.write_bytes(b"x")
-    cache.build_cached(tmp_path, "train", {"k": 1}, {"x": ((4,), np.dtype(np.uint8))}, lambda arrays: None)
+    with pytest.warns(UserWarning, match="killed"):
+        cache.build_cached(tmp_path, "train", {"k": 1}, {"x": ((4,), np.dtype(np.uint8))}, lambda arrays: None)
     assert not stale.exists() and mine.exists()
 
 
