@@ -203,3 +203,20 @@ def test_a_missing_or_extra_parameter_is_refused_not_ignored(tmp_path, drop, ext
         np.testing.assert_array_equal(value, before[name])
     with pytest.raises(CheckpointError):
         load_model(path)
+
+
+@pytest.mark.parametrize("where", ["parameter", "state"])
+def test_a_non_finite_model_or_state_is_never_written(tmp_path, where):
+    from tinymoe.checkpoint import NonFiniteError
+
+    model = VisionTransformer(small(), rng=0)
+    path = save_checkpoint(tmp_path / "m.npz", model)
+    before = path.read_bytes()
+    state = None
+    if where == "parameter":
+        model.head.bias.data[0] = np.nan
+    else:
+        state = {"moments": np.array([1.0, np.inf])}
+    with pytest.raises(NonFiniteError, match="head.bias" if where == "parameter" else "training state"):
+        save_checkpoint(path, model, state=state)
+    assert path.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["m.npz"]
