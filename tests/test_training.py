@@ -302,3 +302,42 @@ def test_the_cli_knows_which_routing_variants_route_per_token():
     from tinymoe.train import PER_TOKEN_ROUTING
 
     assert set(PER_TOKEN_ROUTING) == {name for name, router in ROUTERS.items() if router.per_token}
+
+
+# --------------------------------------------------------------------------------------------------
+# Weight decay and gradient clipping, tested directly (not only through a run's accuracy)
+def test_weight_decay_skips_biases_norms_class_token_and_position_embedding():
+    from tinymoe.models import ModelConfig, build_model
+    from tinymoe.training import make_optimizer
+
+    model = build_model(ModelConfig(layers=2, dim=16, heads=2, image_size=8, patch_size=4, num_classes=6,
+                                    experts=3, moe_layers=1), seed=0)
+    optimizer = make_optimizer(model, TrainConfig(weight_decay=0.5, lr=0.1))
+    for p in model.parameters():
+        p.data[...] = 1.0  # biases start at zero, where decay would not show
+        p.grad = np.zeros_like(p.data)  # no gradient: only the decay can move a parameter
+    before = {name: p.data.copy() for name, p in model.named_parameters()}
+    optimizer.step()
+    names = list(before)
+    exempt = [n for n in names if n.endswith(("bias", "cls_token", "pos_embed")) or ".norm" in n or n.startswith("norm")]
+    assert any(n.endswith("cls_token") for n in exempt) and any(n.endswith("pos_embed") for n in exempt)
+    assert any(n.endswith("bias") for n in exempt) and any("norm" in n and n.endswith("weight") for n in exempt)
+    for name, p in model.named_parameters():
+        if name in exempt:
+            np.testing.assert_array_equal(p.data, before[name], err_msg=f"{name} was decayed")
+        else:  # every matrix shrinks by exactly lr * wd
+            np.testing.assert_allclose(p.data, before[name] * (1 - 0.1 * 0.5), rtol=1e-6, err_msg=name)
+
+
+def test_clip_grad_norm_scales_to_the_limit_and_keeps_the_direction():
+    from tinymoe.nn import Parameter
+    from tinymoe.training import clip_grad_norm
+
+    a, b = Parameter(np.zeros(2)), Parameter(np.zeros(1))
+    a.grad, b.grad = np.array([6.0, 0.0]), np.array([8.0])  # global norm 10
+    assert clip_grad_norm([a, b], 1.0) == pytest.approx(10.0)
+    np.testing.assert_allclose(np.sqrt(np.sum(a.grad**2) + np.sum(b.grad**2)), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(np.concatenate([a.grad, b.grad]), [0.6, 0.0, 0.8], rtol=1e-5)  # same direction
+    a.grad, b.grad = np.array([0.3, 0.0]), np.array([0.4])  # norm 0.5, below the limit: untouched
+    assert clip_grad_norm([a, b], 1.0) == pytest.approx(0.5)
+    np.testing.assert_array_equal(np.concatenate([a.grad, b.grad]), [0.3, 0.0, 0.4])

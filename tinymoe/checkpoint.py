@@ -50,6 +50,10 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be written or read, or does not fit the model it is loaded into."""
 
 
+class NonFiniteError(CheckpointError):
+    """Refused to write a checkpoint whose parameters or state hold NaN or inf (a diverged model)."""
+
+
 @dataclass
 class Checkpoint:
     """What `load_checkpoint` returns."""
@@ -155,13 +159,27 @@ def save_checkpoint(path, model, *, state=None, metadata: dict | None = None) ->
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"checkpoint metadata is not JSON-serialisable: {e}") from e
     arrays[_METADATA_KEY] = np.array(text)
+    _check_finite(path, arrays)
     _atomic_savez(path, arrays)
     return path
 
 
+def _check_finite(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """No checkpoint holds NaN or inf: a diverged model is never saved, so every checkpoint on disk is
+    one a run can continue from (and `model.npz` is never a poisoned result)."""
+    bad = [k for k, a in arrays.items() if a.dtype.kind in "fc" and not np.all(np.isfinite(a))]
+    if bad:
+        names = [k.split("/", 1)[1] for k in bad if k.startswith("param/")]
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more parameters" if len(names) > 3 else "")
+        if len(names) < len(bad):
+            shown += (" and " if names else "") + "the training state (optimizer moments)"
+        raise NonFiniteError(f"refusing to write {path}: {shown} hold NaN or inf (the model diverged)")
+
+
 def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """np.savez into a temporary file beside `path`, then renamed over it (see tinymoe.atomic)."""
-    with atomic_write(path, "wb") as f:
+    """np.savez into a temporary file beside `path`, then renamed over it (see tinymoe.atomic); the free
+    space is checked first and an OS error (disk full, ...) becomes a one-line tinymoe.atomic.WriteError."""
+    with atomic_write(path, "wb", reserve=sum(a.nbytes for a in arrays.values())) as f:
         np.savez(f, **arrays)  # a file object, so NumPy does not append ".npz" to the name
 
 
@@ -178,9 +196,16 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
     if path.is_dir():
         raise CheckpointError(f"{path} is a directory, not a checkpoint file")
     try:
+        # Only an .npz (a zip archive) is handed to np.load: anything else would get NumPy's advice to
+        # unpickle it, which is exactly what a checkpoint from an unknown source must never get.
+        if not zipfile.is_zipfile(path):
+            with open(path, "rb") as f:
+                head = f.read(8)
+            raise CheckpointError(
+                f"{path} is not a readable tinymoe checkpoint (truncated or corrupt file?): a checkpoint is an .npz "
+                f"(zip) archive, this file starts with {head!r}"
+            )
         with np.load(path, allow_pickle=False) as npz:
-            if not hasattr(npz, "files"):
-                raise CheckpointError(f"{path} holds a single .npy array, not a tinymoe checkpoint (.npz)")
             return {key: npz[key] for key in npz.files}  # reading each member checks its zip CRC
     except CheckpointError:
         raise
@@ -293,6 +318,7 @@ def load_model(path, *, dtype=np.float32):
 __all__ = [
     "Checkpoint",
     "CheckpointError",
+    "NonFiniteError",
     "save_checkpoint",
     "load_checkpoint",
     "load_into",

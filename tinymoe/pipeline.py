@@ -9,6 +9,13 @@ Every stage writes its artefact to the output directory and is skipped when the 
 there, so a long run can stop (Ctrl-C, a closed laptop) and continue where it was: a stage that was
 interrupted part-way continues from its last checkpoint when `resume=True`.
 
+A stage is reused only if it was made with the same settings: each stage's artefacts carry a
+*fingerprint* (`stage_fingerprint`: model and train config, data identity, held-out split, superclasses,
+seed, upcycling source); if an existing artefact's fingerprint differs from this run's, the run refuses
+with the differing fields (`force=True` retrains that stage instead, replacing its files). While it runs,
+the pipeline holds an exclusive lock on the output directory (a second run into it is refused at once),
+and a Ctrl-C anywhere stops it at the next point where everything done is saved (TrainingInterrupted).
+
 The held-out split (a seeded, per-class 10% of train) is never trained on by either model: the dense
 model's confusions must be measured on unseen images, and the validation split is kept for the final
 comparison only. The MoE trains on the same images as the dense model, so the two differ only in
@@ -31,8 +38,8 @@ from typing import Sequence
 import numpy as np
 
 from tinymoe import superclasses as sc
-from tinymoe.atomic import atomic_write_text
-from tinymoe.checkpoint import load_checkpoint, load_model
+from tinymoe.atomic import atomic_write_text, lock_directory, remove_stale_temporaries
+from tinymoe.checkpoint import load_checkpoint, load_model, read_metadata
 from tinymoe.data import (
     DatasetNotFoundError,
     DownsampledImageNet,
@@ -48,7 +55,14 @@ from tinymoe.evaluation import evaluate, predict, supports_oracle
 from tinymoe.lab import teacher_forced_forward, upcycle
 from tinymoe.models import ConfigError, ModelConfig, build_model, count, router_class
 from tinymoe.models.moe import SuperclassRouter
-from tinymoe.training import Trainer, TrainConfig, TrainingData
+from tinymoe.training import (
+    DOES_NOT_CHANGE_RESULTS,
+    StopRequest,
+    Trainer,
+    TrainConfig,
+    TrainingData,
+    TrainingInterrupted,
+)
 
 DEFAULT_DATA_ROOT = "data"  # where `--data tiny-imagenet` looks (and downloads to), unless TINYMOE_DATA is set
 
@@ -170,6 +184,90 @@ class PipelineOptions:
     resume: bool = False  # continue interrupted stages from their last.npz
     upcycle: bool = False  # initialise the MoE from the trained dense model (experts = copies of its MLPs)
     teacher_forcing: bool = False  # train the MoE routing each image by its true superclass (tinymoe.lab.routing)
+    force: bool = False  # retrain a stage whose artefacts were made with other settings (else: refuse)
+
+
+class StageMismatch(RuntimeError):
+    """An existing stage artefact was made with other settings than this run's."""
+
+
+# ModelConfig fields a dense model (moe_layers=0) never uses: not part of a dense stage's fingerprint, so
+# dense runs that differ only in MoE settings share one dense stage (a field missing here is only stricter).
+_MOE_ONLY = {"experts", "k", "routing", "router_weight", "router_input", "random_groups_seed", "capacity_factor",
+             "eval_capacity_factor", "router_noise", "balance_weight", "expert_dropout"}
+
+
+# TrainConfig fields that do not decide the trained model: how it logs or stops (DOES_NOT_CHANGE_RESULTS),
+# and the shard count (--threads), which changes only the order of float sums. A finished stage is reused
+# across thread counts; *resuming* one mid-way still needs the same count (Trainer checks it: bit-exact).
+_NOT_IN_FINGERPRINT = DOES_NOT_CHANGE_RESULTS | {"shards"}
+
+
+def _data_identity(load_args: dict) -> dict:
+    """The load_splits arguments that decide the images: the synthetic generator's only for synthetic data."""
+    if load_args.get("data") == "synthetic":
+        return dict(load_args)
+    return {k: v for k, v in load_args.items() if not (k.startswith("synthetic_") or k in ("experts", "seed"))}
+
+
+def stage_fingerprint(config: ModelConfig, splits: Splits, opts: PipelineOptions, groups=None,
+                      upcycled_from: dict | None = None) -> dict:
+    """Everything that determines what a model stage trains: equal fingerprints, interchangeable models."""
+    model = config.to_dict()
+    if config.moe_layers == 0:
+        model = {k: v for k, v in model.items() if k not in _MOE_ONLY}
+    return {
+        "model": model,
+        "train": {k: v for k, v in asdict(opts.train).items() if k not in _NOT_IN_FINGERPRINT},
+        "data": _data_identity(splits.load_args),
+        "holdout_fraction": opts.holdout_fraction,
+        "holdout_seed": opts.train.seed,
+        "train_fraction": opts.train_fraction,
+        "teacher_forcing": bool(opts.teacher_forcing and config.is_moe),
+        "model_seed": opts.model_seed,
+        "superclasses": None if groups is None else [int(g) for g in np.asarray(groups)],
+        "upcycled_from": upcycled_from,
+    }
+
+
+def fingerprint_differences(saved: dict | None, current: dict) -> list[str]:
+    """The fields (one level deep: 'train.lr', 'model.layers') in which two fingerprints differ."""
+    if not isinstance(saved, dict):
+        return ["(no fingerprint recorded: made by an older tinymoe)"]
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [f"{key}.{k}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        elif a != b:
+            out.append(key)
+    return out
+
+
+def _check_stage(what: str, saved: dict | None, current: dict, files: list[Path], opts: PipelineOptions, log) -> None:
+    """Refuse (or, with opts.force, delete `files` to redo) an artefact whose fingerprint differs."""
+    differing = fingerprint_differences(saved, current)
+    if not differing:
+        return
+    shown = ", ".join(differing[:8]) + (f" and {len(differing) - 8} more" if len(differing) > 8 else "")
+    if not opts.force:
+        raise StageMismatch(
+            f"{what} in {opts.out} was made with other settings than this run (differs in {shown}); pass --force "
+            "to retrain it (its files are replaced), or pass a new --out"
+        )
+    log(f"[{what}] --force: made with other settings ({shown}); retraining it")
+    for path in files:
+        path.unlink(missing_ok=True)
+
+
+def _check_model_stage(stage: str, opts: PipelineOptions, fingerprint: dict, log) -> None:
+    out_dir = _stage_dir(opts, stage)
+    for name in ("model.npz", "last.npz"):  # the finished model if there is one, else the interrupted run
+        if (out_dir / name).exists():
+            saved = read_metadata(out_dir / name)["metadata"].get("fingerprint")
+            files = [out_dir / f for f in ("model.npz", "last.npz", "metrics.jsonl", "summary.csv", "train_config.json")]
+            _check_stage(f"the {stage} stage", saved, fingerprint, files, opts, log)
+            return
 
 
 def _stage_dir(opts: PipelineOptions, stage: str) -> Path:
@@ -177,10 +275,11 @@ def _stage_dir(opts: PipelineOptions, stage: str) -> Path:
 
 
 def _train_stage(stage: str, config: ModelConfig, data: TrainingData, opts: PipelineOptions, groups, log,
-                 metadata: dict, init_from=None):
+                 metadata: dict, stop: StopRequest, init_from=None):
     """Train (or reuse) one stage's model; `init_from` = a dense model to upcycle the MoE from."""
     out_dir = _stage_dir(opts, stage)
     final = out_dir / "model.npz"
+    _check_model_stage(stage, opts, metadata["fingerprint"], log)
     if final.exists():
         log(f"[{stage}] reusing {final}")
         return load_model(final)
@@ -193,8 +292,8 @@ def _train_stage(stage: str, config: ModelConfig, data: TrainingData, opts: Pipe
     if groups is not None:
         model.set_class_to_group(groups)
     forward = teacher_forced_forward if (opts.teacher_forcing and config.is_moe) else None
-    summary = Trainer(model, opts.train, data, out_dir, log=log, metadata=metadata, forward=forward).run(
-        resume=opts.resume)
+    summary = Trainer(model, opts.train, data, out_dir, log=log, metadata=metadata, stop=stop,
+                      forward=forward).run(resume=opts.resume)
     if not summary.completed:
         return None  # stopped early (max_steps): later stages need the finished model
     return model
@@ -284,12 +383,29 @@ def predict_held_out(
 
 
 
-def superclasses_stage(dense, splits: Splits, holdout: np.ndarray, opts: PipelineOptions, log) -> np.ndarray:
+def _superclasses_fingerprint(dense_fingerprint: dict, opts: PipelineOptions) -> dict:
+    return {"dense": dense_fingerprint, "experts": opts.model.experts, "seed": opts.model_seed}
+
+
+def _check_superclasses(opts: PipelineOptions, fingerprint: dict, log) -> None:
+    """OUT/superclasses.json is used only if OUT/superclasses.fingerprint.json (written before it) matches."""
+    path, record = opts.out / "superclasses.json", opts.out / "superclasses.fingerprint.json"
+    if path.exists():
+        saved = json.loads(record.read_text()) if record.exists() else None
+        _check_stage("the superclasses stage", saved, fingerprint, [path, record], opts, log)
+
+
+def superclasses_stage(dense, splits: Splits, holdout: np.ndarray, opts: PipelineOptions, log,
+                       fingerprint: dict | None = None) -> np.ndarray:
     """Cluster the dense model's held-out confusions into E groups; write OUT/superclasses.json."""
     path = opts.out / "superclasses.json"
+    if fingerprint is not None:
+        _check_superclasses(opts, fingerprint, log)
     if path.exists():
         log(f"[superclasses] reusing {path}")
         return sc.load_superclasses(path).assignment
+    if fingerprint is not None:  # first, so a superclasses.json is never next to another run's fingerprint
+        atomic_write_text(opts.out / "superclasses.fingerprint.json", json.dumps(fingerprint) + "\n")
     images, labels = splits.train_images[holdout], splits.train_labels[holdout]
     predictions = np.argmax(predict(dense, images).logits, axis=1)
     report = write_superclasses(path, labels, predictions, splits.wnids, splits.classes, opts.model.experts,
@@ -302,8 +418,26 @@ def superclasses_stage(dense, splits: Splits, holdout: np.ndarray, opts: Pipelin
 
 
 def run_pipeline(splits: Splits, opts: PipelineOptions, log=print) -> dict:
-    """Run the stages in `opts.stages`; return (and write to OUT/results.json) the comparison."""
-    opts.out.mkdir(parents=True, exist_ok=True)
+    """Run the stages in `opts.stages`; return (and write to OUT/results.json) the comparison.
+
+    Holds the lock of `opts.out` throughout (DirectoryLocked if another run has it) and stops with
+    TrainingInterrupted at the next safe point after a Ctrl-C (see the module docstring)."""
+    with lock_directory(opts.out), StopRequest(log).installed() as stop:
+        for directory in (opts.out, _stage_dir(opts, "dense"), _stage_dir(opts, "moe")):
+            for stale in remove_stale_temporaries(directory):
+                log(f"removed {stale}, a temporary file left by a run that was killed while writing")
+        return _run_stages(splits, opts, log, stop)
+
+
+def _stop_point(stop: StopRequest, opts: PipelineOptions, after: str) -> None:
+    if stop.requested:
+        raise TrainingInterrupted(
+            f"interrupted after {after}; everything finished is saved in {opts.out}; run the same command with "
+            "--resume to continue", None,
+        )
+
+
+def _run_stages(splits: Splits, opts: PipelineOptions, log, stop: StopRequest) -> dict:
     moe_config = opts.model.replace(num_classes=splits.num_classes, image_size=splits.image_size)
     dense_config = moe_config.dense()
     if opts.teacher_forcing and not issubclass(router_class(moe_config), SuperclassRouter):
@@ -318,15 +452,18 @@ def run_pipeline(splits: Splits, opts: PipelineOptions, log=print) -> dict:
     # fraction of the rest was trained on (so `python -m tinymoe.evaluate --split train` rebuilds it).
     metadata = {"data": splits.load_args, "holdout_fraction": opts.holdout_fraction, "holdout_seed": opts.train.seed,
                 "train_fraction": opts.train_fraction, "train_images": int(train_idx.size)}
+    dense_fingerprint = stage_fingerprint(dense_config, splits, opts)
     results: dict = {"dataset": splits.name, "out": str(opts.out), "train_config": asdict(opts.train),
                      "holdout_images": int(holdout.size), "train_images": int(train_idx.size),
                      "train_fraction": opts.train_fraction}
 
     dense = None
     if "dense" in opts.stages or ("superclasses" in opts.stages and opts.superclasses_file is None):
-        dense = _train_stage("dense", dense_config, data, opts, None, log, metadata)
+        dense = _train_stage("dense", dense_config, data, opts, None, log,
+                             {**metadata, "fingerprint": dense_fingerprint}, stop)
         if dense is None:
             return results
+        _stop_point(stop, opts, "the dense stage")
 
     groups = None
     needs_groups = router_class(moe_config).needs_superclasses
@@ -335,9 +472,12 @@ def run_pipeline(splits: Splits, opts: PipelineOptions, log=print) -> dict:
         if groups.shape != (splits.num_classes,):
             raise ValueError(f"{opts.superclasses_file} maps {groups.size} classes, the data has {splits.num_classes}")
     elif "superclasses" in opts.stages and needs_groups:
-        groups = superclasses_stage(dense, splits, holdout, opts, log)
+        groups = superclasses_stage(dense, splits, holdout, opts, log,
+                                    _superclasses_fingerprint(dense_fingerprint, opts))
+        _stop_point(stop, opts, "the superclasses stage")
     elif "moe" in opts.stages and needs_groups:
         path = opts.out / "superclasses.json"
+        _check_superclasses(opts, _superclasses_fingerprint(dense_fingerprint, opts), log)
         if not path.exists():
             raise FileNotFoundError(
                 f"routing='superclass' needs superclasses: {path} does not exist. Run the dense and superclass "
@@ -351,6 +491,7 @@ def run_pipeline(splits: Splits, opts: PipelineOptions, log=print) -> dict:
         if opts.upcycle:
             if dense is None:
                 dense_path = _stage_dir(opts, "dense") / "model.npz"
+                _check_model_stage("dense", opts, dense_fingerprint, log)
                 if not dense_path.exists():
                     raise FileNotFoundError(
                         f"upcycling the MoE needs the trained dense model: {dense_path} does not exist. Run the "
@@ -359,9 +500,13 @@ def run_pipeline(splits: Splits, opts: PipelineOptions, log=print) -> dict:
                 dense = load_model(dense_path)
             init_from = dense
             metadata = {**metadata, "upcycled_from": str(_stage_dir(opts, "dense") / "model.npz")}
-        moe = _train_stage("moe", moe_config, data, opts, groups, log, metadata, init_from=init_from)
+        fingerprint = stage_fingerprint(moe_config, splits, opts, groups,
+                                        upcycled_from=dense_fingerprint if opts.upcycle else None)
+        moe = _train_stage("moe", moe_config, data, opts, groups, log, {**metadata, "fingerprint": fingerprint},
+                           stop, init_from=init_from)
         if moe is None:
             return results
+        _stop_point(stop, opts, "the moe stage")
 
     for name, model in (("dense", dense), ("moe", moe)):
         if model is None:
@@ -381,6 +526,7 @@ def run_pipeline(splits: Splits, opts: PipelineOptions, log=print) -> dict:
         results["delta_top1"] = results["moe"]["top1"] - results["dense"]["top1"]
     atomic_write_text(opts.out / "results.json", json.dumps(results, indent=2) + "\n")
     log(format_results(results))
+    _stop_point(stop, opts, "the final evaluation (results.json is written)")
     return results
 
 
@@ -419,6 +565,6 @@ def format_results(results: dict) -> str:
 
 
 __all__ = [
-    "PipelineOptions", "Splits", "format_results", "load_splits", "predict_held_out", "run_pipeline",
-    "superclasses_stage", "write_superclasses",
+    "PipelineOptions", "Splits", "StageMismatch", "fingerprint_differences", "format_results", "load_splits",
+    "predict_held_out", "run_pipeline", "stage_fingerprint", "superclasses_stage", "write_superclasses",
 ]

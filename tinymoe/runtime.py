@@ -103,7 +103,7 @@ def apply_threads(threads: int | None, shard: bool = True) -> tuple[int, int]:
     multi-threaded instead: BLAS and Numba both get `threads`. Either way no more threads run than cores.
     """
     os.environ.setdefault("TINYMOE_KERNELS", "numba")
-    n = threads or os.cpu_count() or 1
+    n = (os.cpu_count() or 1) if threads is None else threads  # --threads 0 is refused, not "all cores"
     if n < 1:
         raise SystemExit(f"error: --threads must be >= 1, got {n}")
     if "numpy" in sys.modules:
@@ -123,3 +123,32 @@ def setup_process(threads: int | None, shard: bool = True) -> int:
     _, shards = apply_threads(threads, shard)
     tune_malloc()
     return shards
+
+
+def report_errors(expected: tuple, debug: bool, work) -> int:
+    """Run `work()` and turn what can go wrong into exit codes and one-line messages (tracebacks only with
+    --debug): 0 done, 2 an error the message explains, 130 stopped by Ctrl-C (its state saved), 1 a bug."""
+    from tinymoe.training import TrainingInterrupted
+
+    try:
+        work()
+    except TrainingInterrupted as stop:
+        print(f"\n{stop}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # a second Ctrl-C: abort now; what was saved before stays valid
+        print("\naborted by a second Ctrl-C; the last checkpoint written before it is intact", file=sys.stderr)
+        return 130
+    except (*expected, OSError, MemoryError) as err:
+        if debug:
+            raise
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    except Exception as err:  # a bug in tinymoe: still one line, the traceback on request
+        if debug:
+            raise
+        print(f"internal error: {type(err).__name__}: {' '.join(str(err).split())} (run again with --debug for the "
+              "traceback, and please report it)", file=sys.stderr)
+        return 1
+    return 0
+
+

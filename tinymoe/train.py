@@ -27,7 +27,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tinymoe.runtime import apply_threads, setup_process  # standard library only: safe before NumPy loads
+from tinymoe.runtime import apply_threads, report_errors, setup_process  # standard library only: safe before NumPy loads
 
 # The routing variants whose routers route each token (tinymoe.models.moe.ROUTERS[name].per_token): the
 # command line must know before NumPy loads, to pick its thread layout; a test holds the two equal.
@@ -119,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", "--output", dest="out", type=Path, default=None,
                    help="output directory (default: runs/<layers>x<dim>-<data>)")
     g.add_argument("--resume", action="store_true", help="continue interrupted stages from their last checkpoint")
+    g.add_argument("--force", action="store_true",
+                   help="retrain a stage whose files in --out were made with other settings (default: refuse)")
+    g.add_argument("--debug", action="store_true", help="on an error, show the Python traceback")
     g.add_argument("--threads", type=int, default=None,
                    help="cores to use (default: all): each batch is split over this many threads (data "
                         "parallelism, see tinymoe.parallel); token routing uses multi-threaded BLAS/Numba instead")
@@ -165,19 +168,26 @@ def model_config(args, num_classes: int, image_size: int):
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    shards = setup_process(args.threads, shard=args.routing not in PER_TOKEN_ROUTING)
+    try:
+        shards = setup_process(args.threads, shard=args.routing not in PER_TOKEN_ROUTING)
+    except SystemExit as err:
+        print(err, file=sys.stderr)
+        return 2
 
     # Heavy imports only now (see the module docstring).
     from tinymoe.checkpoint import CheckpointError
-    from tinymoe.data import DatasetFormatError, DatasetNotFoundError, DownloadError, ImageDecodeError
+    from tinymoe.data import DatasetFormatError, DatasetNotFoundError, DownloadError, ImageDecodeError, UnsafePickleError
     from tinymoe.models import ConfigError
-    from tinymoe.pipeline import PipelineOptions, load_splits, run_pipeline
+    from tinymoe.atomic import DirectoryLocked
+    from tinymoe.pipeline import PipelineOptions, StageMismatch, load_splits, run_pipeline
     from tinymoe.superclasses import SuperclassFileError
-    from tinymoe.training import TrainingDiverged, TrainingInterrupted
+    from tinymoe.training import TrainingDiverged
 
     expected = (CheckpointError, ConfigError, DatasetFormatError, DatasetNotFoundError, DownloadError,
-                ImageDecodeError, SuperclassFileError, TrainingDiverged, FileExistsError, FileNotFoundError)
-    try:
+                ImageDecodeError, SuperclassFileError, TrainingDiverged, StageMismatch, DirectoryLocked, UnsafePickleError,
+                ValueError)
+
+    def work():
         try:
             train = train_config(args, shards)
         except ValueError as err:  # a flag out of range: say which, without a traceback
@@ -196,17 +206,12 @@ def main(argv=None) -> int:
         opts = PipelineOptions(out=out, model=model, train=train, stages=stages,
                                holdout_fraction=args.holdout_fraction, train_fraction=args.train_fraction,
                                superclasses_file=args.superclasses, model_seed=args.seed, resume=args.resume,
-                               upcycle=args.upcycle, teacher_forcing=args.teacher_forcing)
+                               upcycle=args.upcycle, teacher_forcing=args.teacher_forcing, force=args.force)
         print(f"tinymoe: {splits.name}, {splits.train_images.shape[0]} train / {splits.val_images.shape[0]} val "
               f"images, {splits.num_classes} classes -> {out}", flush=True)
         run_pipeline(splits, opts)
-    except TrainingInterrupted as stop:
-        print(f"\n{stop}", file=sys.stderr)
-        return 130
-    except expected as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+
+    return report_errors(expected, args.debug, work)
 
 
 if __name__ == "__main__":

@@ -31,12 +31,17 @@ the model that shares its parameters (tinymoe.parallel); the gradient is the who
 float rounding, and each shard draws its random masks from its own generator, seeded from the run's,
 so a run is reproducible for a given number of shards (and resumable only with the same number).
 
+Divergence: non-finite logits or loss stop the step, and no checkpoint is ever written with NaN/inf
+parameters or moments (save_checkpoint refuses them; the run raises TrainingDiverged), so last.npz is
+always a state a run can continue from.
+
 Model selection: the final model is the one after the last epoch. Nothing is chosen by validation
 accuracy, so the validation set stays an honest estimate (evaluations on it are reported only).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -50,8 +55,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from tinymoe.atomic import atomic_write
-from tinymoe.checkpoint import CheckpointError, load_checkpoint, load_into, save_checkpoint
+from tinymoe.atomic import atomic_write, atomic_write_text
+from tinymoe.checkpoint import CheckpointError, NonFiniteError, load_checkpoint, load_into, save_checkpoint
 from tinymoe.data.augment import Augmentation, dominant_labels
 from tinymoe.data.batches import IMAGENET_MEAN, IMAGENET_STD, BatchLoader
 from tinymoe.evaluation import evaluate
@@ -140,15 +145,48 @@ class ShardedOutput:
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
+    """The loss, the logits or the parameters became NaN or infinite."""
 
 
 class TrainingInterrupted(RuntimeError):
     """Ctrl-C (or request_stop): the position was saved to `checkpoint`; run again with resume to continue."""
 
-    def __init__(self, message: str, checkpoint: Path):
+    def __init__(self, message: str, checkpoint: Path | None):
         super().__init__(message)
         self.checkpoint = checkpoint
+
+
+class StopRequest:
+    """Ctrl-C as a request to stop at the next safe point, shared by everything one run does.
+
+    While `installed()`, the first SIGINT only sets `requested`; whoever runs the work checks it at every
+    point where the state on disk is complete (after each step, after each epoch's evaluation and
+    checkpoint, between the pipeline's stages) and raises TrainingInterrupted there. A second Ctrl-C
+    raises KeyboardInterrupt at once. One object is passed to every Trainer of a run, so a Ctrl-C that
+    arrives between two stages, or during a stage's last step or final evaluation, is never forgotten.
+    """
+
+    def __init__(self, log=print):
+        self.requested = False
+        self.log = log
+
+    def __call__(self, signum, frame) -> None:
+        if self.requested:  # a second Ctrl-C: the user really wants out now
+            raise KeyboardInterrupt
+        self.requested = True
+        self.log("\nCtrl-C: finishing this step, saving a checkpoint, then stopping (Ctrl-C again to abort)")
+
+    @contextlib.contextmanager
+    def installed(self):
+        """Route SIGINT to this request (only the main thread can; elsewhere request_stop still works)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = signal.signal(signal.SIGINT, self)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
 
 @dataclass
@@ -165,13 +203,14 @@ class TrainSummary:
 
 # Settings that only change when the run stops, what it logs, or how batches are prepared, not the
 # numbers it computes: a run may be resumed with other values of these.
-_DOES_NOT_CHANGE_RESULTS = {"max_steps", "log_every", "eval_every", "prefetch"}
+DOES_NOT_CHANGE_RESULTS = {"max_steps", "log_every", "eval_every", "prefetch"}
 
 
 def no_decay(name: str, param) -> bool:
-    """Parameters excluded from weight decay, as in timm's ViT: biases and LayerNorm gains (1-D) and the
-    class token / position embedding. Decaying them only pulls them towards zero for no benefit."""
-    return param.ndim <= 1 or name.endswith(("cls_token", "pos_embed"))
+    """Parameters excluded from weight decay, as in timm's ViT: biases (also the experts' stacked (E, h)
+    biases, which are 2-D), LayerNorm gains (1-D) and the class token / position embedding. Decaying them
+    only pulls them towards zero for no benefit."""
+    return param.ndim <= 1 or name.endswith(("bias", "cls_token", "pos_embed"))
 
 
 def make_optimizer(model, cfg: TrainConfig) -> AdamW:
@@ -204,9 +243,10 @@ class Trainer:
 
     def __init__(
         self, model, cfg: TrainConfig, data: TrainingData, out_dir, *, log=print, progress: bool | None = None,
-        metadata: dict | None = None, forward=None,
+        metadata: dict | None = None, stop: StopRequest | None = None, forward=None,
     ):
         """`metadata` (JSON-serialisable) is stored in every checkpoint, e.g. which data the run used.
+        `stop`: the run's StopRequest, when the trainer is one stage of a longer run (see run_pipeline).
         `forward(model, x, y, rng)`, if given, replaces `model(x, rng=rng)` in training steps (the lab's
         teacher forcing, `tinymoe.lab.teacher_forced_forward`)."""
         self.model, self.cfg, self.data = model, cfg, data
@@ -249,7 +289,7 @@ class Trainer:
         self.step = 0  # optimizer steps done
         self.history: list[dict] = []
         self._epoch_stats = self._new_epoch_stats()
-        self._stop_requested = False
+        self.stop = stop if stop is not None else StopRequest(log)
 
     # ----------------------------------------------------------------------------------------------
     @property
@@ -259,6 +299,14 @@ class Trainer:
     @property
     def final_path(self) -> Path:
         return self.out_dir / "model.npz"
+
+    def _save(self, path: Path, **kwargs) -> None:
+        """save_checkpoint, except that parameters (or optimizer moments) gone NaN/inf stop the run as
+        diverged: the previous checkpoint stays the last good one."""
+        try:
+            save_checkpoint(path, self.model, **kwargs)
+        except NonFiniteError as err:
+            self._diverged(f"after the update, {str(err).split(': ', 1)[1]}")
 
     def _save_last(self, epoch: int, position: int) -> None:
         state = {
@@ -270,7 +318,7 @@ class Trainer:
             "epoch_stats": self._epoch_stats,  # what the epoch's summary row is computed from, so far
             "history": self.history,
         }
-        save_checkpoint(self.last_path, self.model, state=state, metadata={**self.metadata, "train_config": asdict(self.cfg)})
+        self._save(self.last_path, state=state, metadata={**self.metadata, "train_config": asdict(self.cfg)})
 
     def _restore(self) -> tuple[int, int]:
         """Load last.npz into the model/optimizer/RNG; return (epoch, position) to continue from."""
@@ -279,7 +327,7 @@ class Trainer:
         # the behaviour the setting's default stands for (new settings always default to the old behaviour).
         saved_cfg = {**asdict(TrainConfig()), **(ckpt.metadata.get("train_config") or {})}
         changed = sorted(
-            k for k, v in asdict(self.cfg).items() if k not in _DOES_NOT_CHANGE_RESULTS and saved_cfg[k] != v
+            k for k, v in asdict(self.cfg).items() if k not in DOES_NOT_CHANGE_RESULTS and saved_cfg[k] != v
         )
         if changed:
             hint = ""
@@ -308,8 +356,7 @@ class Trainer:
         return int(state["epoch"]), int(state["position"])
 
     def _write_config(self) -> None:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "train_config.json").write_text(json.dumps(asdict(self.cfg), indent=2) + "\n")
+        atomic_write_text(self.out_dir / "train_config.json", json.dumps(asdict(self.cfg), indent=2) + "\n")
 
     def _append_metrics(self, record: dict) -> None:
         with open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
@@ -333,22 +380,22 @@ class Trainer:
     # ----------------------------------------------------------------------------------------------
     def request_stop(self) -> None:
         """Ask the run to save its position and stop after the current step (what Ctrl-C does)."""
-        self._stop_requested = True
+        self.stop.requested = True
 
-    def _on_sigint(self, signum, frame) -> None:
-        if self._stop_requested:  # a second Ctrl-C: the user really wants out now
-            raise KeyboardInterrupt
-        self._stop_requested = True
-        self.log("\nCtrl-C: finishing this step, saving a checkpoint, then stopping (Ctrl-C again to abort)")
+    def _interrupted(self, where: str) -> TrainingInterrupted:
+        return TrainingInterrupted(
+            f"interrupted {where}; saved {self.last_path}; run the same command with --resume to continue",
+            self.last_path,
+        )
 
     def run(self, resume: bool = False) -> TrainSummary:
         """Train to the end (or to cfg.max_steps). With resume=True, continue from last.npz if present.
 
-        Ctrl-C does not kill the run mid-update: it lets the current step finish, saves last.npz at
-        that exact position and raises TrainingInterrupted (the CLI turns it into a message and exit
-        code 130). A second Ctrl-C aborts at once.
+        Ctrl-C does not kill the run mid-update: it lets the current step (or evaluation) finish, saves
+        last.npz at that exact position and raises TrainingInterrupted (the CLI turns it into a message
+        and exit code 130); if it came during the last epoch's evaluation, model.npz is written first.
+        A second Ctrl-C aborts at once.
         """
-        self._write_config()
         start_epoch, position = 0, 0
         if resume and self.last_path.exists():
             start_epoch, position = self._restore()
@@ -358,14 +405,9 @@ class Trainer:
                 f"{self.last_path} exists: a run was already started in {self.out_dir}; pass resume to continue "
                 "it, or choose another output directory"
             )
-        self._stop_requested = False
-        in_main_thread = threading.current_thread() is threading.main_thread()
-        previous_handler = signal.signal(signal.SIGINT, self._on_sigint) if in_main_thread else None
-        try:
+        self._write_config()  # only now: a refused resume leaves the run's files as they were
+        with self.stop.installed():
             return self._run_epochs(start_epoch, position)
-        finally:
-            if in_main_thread:
-                signal.signal(signal.SIGINT, previous_handler)
 
     def _run_epochs(self, start_epoch: int, position: int) -> TrainSummary:
         cfg = self.cfg
@@ -383,7 +425,7 @@ class Trainer:
             for index, (x, y) in enumerate(batches):
                 if index < position:  # resuming mid-epoch: these batches were already trained on
                     continue
-                if self._stop_requested or (cfg.max_steps is not None and self.step >= cfg.max_steps):
+                if self.stop.requested or (cfg.max_steps is not None and self.step >= cfg.max_steps):
                     break
                 lr = warmup_cosine_lr(self.step, self.total_steps, self.warmup_steps, cfg.lr, cfg.min_lr)
                 terms, out = self.train_step(x, y, lr)
@@ -407,12 +449,8 @@ class Trainer:
             batches.close()  # a generator: closing it stops the prefetch thread now, not at garbage collection
             if position < self.steps_per_epoch:  # stopped inside the epoch: Ctrl-C or max_steps
                 self._save_last(epoch, position)
-                if self._stop_requested:
-                    raise TrainingInterrupted(
-                        f"interrupted at step {self.step} (epoch {epoch + 1}, batch {position}); saved "
-                        f"{self.last_path}; run the same command with --resume to continue",
-                        self.last_path,
-                    )
+                if self.stop.requested:
+                    raise self._interrupted(f"at step {self.step} (epoch {epoch + 1}, batch {position})")
                 break
             train_loss = stats["loss_sum"] / stats["steps"]
             row = {
@@ -436,12 +474,18 @@ class Trainer:
             position = 0
             self._epoch_stats = self._new_epoch_stats()
             self._save_last(epoch + 1, 0)
+            if self.stop.requested and epoch + 1 < cfg.epochs:  # Ctrl-C during the epoch's last step or evaluation
+                raise self._interrupted(f"after epoch {epoch + 1} (step {self.step})")
 
         completed = bool(self.history) and self.history[-1]["epoch"] == cfg.epochs
         if completed:
-            save_checkpoint(
-                self.final_path, self.model, metadata={**self.metadata, "train_config": asdict(cfg), "history": self.history}
-            )
+            self._save(self.final_path, metadata={**self.metadata, "train_config": asdict(cfg), "history": self.history})
+            if self.stop.requested:  # the stage is complete and saved; the run stops before anything else
+                raise TrainingInterrupted(
+                    f"interrupted at the end of training; saved {self.final_path}; run the same command with "
+                    "--resume to continue with what comes next",
+                    self.final_path,
+                )
         seconds = time.perf_counter() - started
         return TrainSummary(
             steps=self.step,
@@ -551,6 +595,7 @@ __all__ = [
     "TrainingData",
     "TrainingDiverged",
     "TrainingInterrupted",
+    "StopRequest",
     "clip_grad_norm",
     "make_optimizer",
     "no_decay",

@@ -347,3 +347,27 @@ def test_expert_mlp_op_gradients(backend_name, data):
     ]
     with kernels.using(backend_name):
         gradcheck(lambda x, g, w1, b1, w2, b2: expert_mlp(x, g, source, sizes, w1, b1, w2, b2), inputs)
+
+
+@pytest.mark.parametrize("backend_name", ["reference", "numba"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_finds_the_max_at_the_last_position_with_overflowing_logits(backend_name, dtype):
+    """exp(100) overflows float32: a running max that skipped any element (here the last, where the max
+    is) would give inf/inf = NaN. Every row has its max at the last position, and one also at the first."""
+    from tinymoe.kernels import softmax as k
+
+    suffix = "_numba" if backend_name == "numba" else ""
+    x = np.zeros((3, 7), dtype=dtype)
+    x[:, -1] = 100.0
+    x[1, 0] = 100.0  # two equal maxima: first and last
+    x[2, :-1] = -100.0
+    probs = getattr(k, "softmax_forward" + suffix)(x)
+    log_probs = getattr(k, "log_softmax_forward" + suffix)(x)
+    expected = np.exp(x.astype(np.float64) - 100.0)
+    expected /= expected.sum(axis=1, keepdims=True)
+    assert np.all(np.isfinite(probs)) and np.all(np.isfinite(log_probs))
+    np.testing.assert_allclose(probs, expected, rtol=1e-5, atol=1e-30)
+    np.testing.assert_allclose(log_probs, np.log(expected), rtol=1e-5, atol=1e-5)
+    loss, _ = getattr(k, "cross_entropy_forward" + suffix)(x, np.array([6, 0, 6]))
+    assert np.all(np.isfinite(loss))
+    np.testing.assert_allclose(loss, -np.log(expected[[0, 1, 2], [6, 0, 6]]), rtol=1e-5, atol=1e-6)

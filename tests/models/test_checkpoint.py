@@ -174,3 +174,49 @@ def test_writes_are_atomic(tmp_path, monkeypatch):
     save_checkpoint(path, model, metadata={"v": 2})  # a successful save replaces it
     assert read_metadata(path)["metadata"] == {"v": 2}
     assert sorted(os.listdir(tmp_path)) == ["m.npz"]
+
+
+class _Renamed:
+    """A stand-in model whose state dict lacks one parameter and/or has one extra, to write such a file."""
+
+    def __init__(self, model, drop=None, extra=None):
+        self.config, self.class_to_group = model.config, model.class_to_group
+        self._state = {n: v for n, v in model.state_dict().items() if n != drop}
+        if extra is not None:
+            self._state[extra] = np.zeros(3, dtype=np.float32)
+
+    def state_dict(self):
+        return self._state
+
+
+@pytest.mark.parametrize("drop, extra", [("head.bias", None), (None, "head.extra"), ("head.bias", "head.bias2")])
+def test_a_missing_or_extra_parameter_is_refused_not_ignored(tmp_path, drop, extra):
+    model = VisionTransformer(small(), rng=0)
+    path = save_checkpoint(tmp_path / "odd.npz", _Renamed(model, drop, extra))
+    target = VisionTransformer(small(), rng=1)
+    before = {n: v.copy() for n, v in target.state_dict().items()}
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path, target)
+    for name in filter(None, (drop, extra)):
+        assert name in str(err.value)
+    for name, value in target.state_dict().items():  # nothing was half-loaded
+        np.testing.assert_array_equal(value, before[name])
+    with pytest.raises(CheckpointError):
+        load_model(path)
+
+
+@pytest.mark.parametrize("where", ["parameter", "state"])
+def test_a_non_finite_model_or_state_is_never_written(tmp_path, where):
+    from tinymoe.checkpoint import NonFiniteError
+
+    model = VisionTransformer(small(), rng=0)
+    path = save_checkpoint(tmp_path / "m.npz", model)
+    before = path.read_bytes()
+    state = None
+    if where == "parameter":
+        model.head.bias.data[0] = np.nan
+    else:
+        state = {"moments": np.array([1.0, np.inf])}
+    with pytest.raises(NonFiniteError, match="head.bias" if where == "parameter" else "training state"):
+        save_checkpoint(path, model, state=state)
+    assert path.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["m.npz"]

@@ -15,7 +15,9 @@ modification time; for a folder: a digest of every file's relative path, size an
 arrays' shapes. An entry is used only if the recorded fingerprint equals the current one and the
 arrays are intact; otherwise it is stale and rebuilt in place. Files are written under temporary
 names and renamed when complete, and the JSON is written last, so an interrupted build never leaves
-an entry that looks valid.
+an entry that looks valid. Before a build, the free space is checked and the files' disk blocks are
+reserved (posix_fallocate), so a full disk is a one-line `WriteError`, never a SIGBUS from writing into
+a memory map whose pages have nowhere to go; temporaries left by killed builds are deleted.
 
 The cache directory is, in order: the `cache_dir` argument, the `TINYMOE_CACHE` environment variable,
 `$XDG_CACHE_HOME/tinymoe`, `~/.cache/tinymoe` (on Windows `%LOCALAPPDATA%/tinymoe/cache`). Deleting it is
@@ -28,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -36,6 +39,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
+
+from tinymoe.atomic import WriteError, check_free_space, process_alive
 
 CACHE_ENV = "TINYMOE_CACHE"
 # Bump when the decoded arrays' meaning changes (layout, dtype, label order): old entries become stale.
@@ -137,6 +142,30 @@ def read_extra(directory: Path, name: str) -> dict:
         return {}
 
 
+_TEMPORARY = re.compile(r"\.tmp(\d+)-\d+\.(npy|json)$")  # as build_cached names them: <...>.tmp<pid>-<thread>.npy
+
+
+def remove_stale_temporaries(directory: Path) -> list[Path]:
+    """Delete the temporary files of builds whose process no longer runs (killed mid-build); return them."""
+    removed = []
+    for entry in directory.iterdir() if directory.is_dir() else ():
+        match = _TEMPORARY.search(entry.name)
+        if match and int(match.group(1)) != os.getpid() and not process_alive(int(match.group(1))):
+            entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
+def _allocate(path: Path, specs_item) -> np.memmap:
+    """A writable .npy memory map whose disk blocks are reserved now: writing into it cannot hit a full disk."""
+    shape, dtype = specs_item
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    if hasattr(os, "posix_fallocate"):  # without it (macOS, Windows) the free-space check is the guard
+        with open(path, "r+b") as f:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+    return array
+
+
 def build_cached(
     directory: Path,
     name: str,
@@ -158,24 +187,28 @@ def build_cached(
             f"cannot create the cache directory {directory} ({exc}). Pass cache_dir=<a writable folder>, "
             f"set {CACHE_ENV}=<folder>, or pass cache=False to decode into memory without caching"
         ) from None
+    for stale in remove_stale_temporaries(directory):
+        warnings.warn(f"removed {stale}, left by a cache build that was killed", stacklevel=2)
     _meta_path(directory, name).unlink(missing_ok=True)  # the old entry stops being valid right now
     tag = f"tmp{os.getpid()}-{threading.get_ident()}"
     tmp_paths = {array: directory / f"{name}_{array}.{tag}.npy" for array in specs}
     start = time.perf_counter()
+    need = sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype in specs.values())
+    fix = f"free some space, or pass --cache-dir / set {CACHE_ENV} to a folder with room"
     try:
-        writable = {
-            array: np.lib.format.open_memmap(tmp_paths[array], mode="w+", dtype=dtype, shape=shape)
-            for array, (shape, dtype) in specs.items()
-        }
+        check_free_space(directory, need, f"the {name} cache", fix)
+        writable = {array: _allocate(tmp_paths[array], spec) for array, spec in specs.items()}
         fill(writable)
         for array in writable.values():
             array.flush()
         del writable  # close the maps before renaming (needed on Windows)
         for array, tmp in tmp_paths.items():
             os.replace(tmp, _array_path(directory, name, array))
-    except BaseException:
+    except BaseException as exc:
         for tmp in tmp_paths.values():
             tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, WriteError):  # ENOSPC from fallocate, EACCES, ...
+            raise WriteError(f"could not write the {name} cache in {directory}: {exc}; {fix}") from None
         raise
     meta = {
         "format": CACHE_FORMAT_VERSION,

@@ -101,20 +101,43 @@ class RestrictedUnpickler(pickle.Unpickler):
             ) from None
 
 
-def _check_plain(value, source: str, where: str = "batch") -> None:
-    """Refuse anything in an unpickled batch other than containers, numbers, strings and non-object arrays."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            _check_plain(key, source, where)
-            _check_plain(item, source, f"{where}[{key!r}]")
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            _check_plain(item, source, where)
-    elif isinstance(value, np.ndarray):
-        if value.dtype.hasobject:
-            raise UnsafePickleError(f"{source}: {where} is an array of Python objects; refusing it")
-    elif not isinstance(value, (str, bytes, int, float, bool, np.generic, type(None))):
-        raise UnsafePickleError(f"{source}: {where} is a {type(value).__name__}; refusing it")
+# A batch is a dict of arrays and lists of numbers: two levels deep. The limits leave room for odd but
+# honest files and make the check's work bounded whatever the pickle holds.
+_MAX_DEPTH = 8
+_MAX_OBJECTS = 20_000_000
+
+
+def _check_plain(value, source: str) -> None:
+    """Refuse anything in an unpickled batch other than containers, numbers, strings and non-object arrays.
+
+    The walk visits each container once (a pickle can reference one list from many places: walking
+    every path would take 2**n steps for n small lines of pickle), iteratively (no RecursionError), and
+    refuses nesting deeper than _MAX_DEPTH or more than _MAX_OBJECTS objects in all."""
+    seen: set[int] = set()
+    todo = [(value, "batch", 0)]
+    visited = 0
+    while todo:
+        value, where, depth = todo.pop()
+        visited += 1
+        if depth > _MAX_DEPTH or visited > _MAX_OBJECTS:
+            raise UnsafePickleError(
+                f"{source}: nested deeper than {_MAX_DEPTH} levels or more than {_MAX_OBJECTS} objects; a Downsampled "
+                "ImageNet batch is a dict of arrays, so this is not one. Refusing it"
+            )
+        if isinstance(value, (dict, list, tuple)):
+            if id(value) in seen:
+                continue
+            seen.add(id(value))
+            if isinstance(value, dict):
+                todo += [(k, where, depth + 1) for k in value]
+                todo += [(v, f"{where}[{k!r}]" if depth == 0 else where, depth + 1) for k, v in value.items()]
+            else:
+                todo += [(item, where, depth + 1) for item in value]
+        elif isinstance(value, np.ndarray):
+            if value.dtype.hasobject:
+                raise UnsafePickleError(f"{source}: {where} is an array of Python objects; refusing it")
+        elif not isinstance(value, (str, bytes, int, float, bool, np.generic, type(None))):
+            raise UnsafePickleError(f"{source}: {where} is a {type(value).__name__}; refusing it")
 
 
 def load_pickle_batch(path: str | os.PathLike) -> dict:
@@ -137,10 +160,12 @@ def read_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """`(data uint8 (N, 3*S*S), labels int64 (N,) as stored, 1-based)` of one npz or pickled batch."""
     path = Path(path)
     if path.suffix == ".npz":
+        if not zipfile.is_zipfile(path):  # else np.load would suggest unpickling it
+            raise DatasetFormatError(f"cannot read {path}: it is not an .npz (zip) archive (truncated or corrupt file?)")
         try:
             with np.load(path, allow_pickle=False) as z:
                 batch = {key: z[key] for key in ("data", "labels") if key in z.files}
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
             raise DatasetFormatError(f"cannot read {path}: {exc}") from None
     else:
         batch = load_pickle_batch(path)
