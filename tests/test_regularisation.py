@@ -20,12 +20,14 @@ from tinymoe.lab import teacher_forced_forward, upcycle
 from tinymoe.models import ConfigError, ModelConfig, VisionTransformer, build_model
 from tinymoe.models.moe import ExpertMlps, plan_dispatch, top_k
 from tinymoe.models.vit import Block, drop_path
+from tinymoe import ops
+from tinymoe.ops import expert_mlp
 from tinymoe.tensor import Tensor
 from tinymoe.training import TrainConfig, TrainingData
 from tinymoe.testing.trainers import tiny_trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "models"))
-from model_helpers import module_gradcheck  # noqa: E402
+from model_helpers import composed_expert_mlps, module_gradcheck  # noqa: E402
 
 
 def _config(**changes) -> ModelConfig:
@@ -143,11 +145,11 @@ def test_expert_dropout_draws_one_mask_for_the_hidden_activations_and_is_off_at_
     assert not np.allclose(dropped, plain)
     # The same mask by hand: keep = u >= p for u ~ U(0, 1) in float32, one per (dispatched row, token, hidden).
     keep = np.random.default_rng(7).random((dispatch.source.size, 2, 6), dtype=np.float32) >= 0.5
-    by_hand = experts.forward_composed(Tensor(x), dispatch, Tensor(gates), hidden_mask=keep * 2.0).data
+    by_hand = composed_expert_mlps(experts, Tensor(x), dispatch, Tensor(gates), hidden_mask=keep * 2.0).data
     np.testing.assert_allclose(dropped, by_hand, rtol=1e-12)
     # An all-ones mask is the fused op's output.
     ones = np.ones((dispatch.source.size, 2, 6))
-    np.testing.assert_allclose(experts.forward_composed(Tensor(x), dispatch, Tensor(gates), hidden_mask=ones).data,
+    np.testing.assert_allclose(composed_expert_mlps(experts, Tensor(x), dispatch, Tensor(gates), hidden_mask=ones).data,
                                plain, rtol=1e-12, atol=1e-14)
     with pytest.raises(ValueError, match="rng"):
         experts(Tensor(x), dispatch, Tensor(gates), dropout=0.5)
@@ -159,9 +161,13 @@ def test_expert_dropout_gradcheck_with_a_fixed_mask(seed):
     experts, dispatch, x, gates = _experts_and_dispatch(seed)
     keep = np.random.default_rng(seed).random((dispatch.source.size, 2, 6)) >= 0.3
     mask = keep / 0.7
-    module_gradcheck(
-        experts, lambda x, g: experts.forward_composed(x, dispatch, g, hidden_mask=mask), [x, gates]
-    )
+    def fused(x, g):  # the model's path: the fused op with the mask
+        gathered = ops.take(g, dispatch.choice, axis=0)
+        return expert_mlp(x, gathered, dispatch.source, dispatch.group_sizes, experts.fc1_weight, experts.fc1_bias,
+                          experts.fc2_weight, experts.fc2_bias, hidden_mask=mask)
+
+    module_gradcheck(experts, fused, [x, gates])
+    module_gradcheck(experts, lambda x, g: composed_expert_mlps(experts, x, dispatch, g, hidden_mask=mask), [x, gates])
 
 
 # --------------------------------------------------------------------------------------------------

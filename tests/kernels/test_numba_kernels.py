@@ -178,9 +178,12 @@ def test_expert_mlp(dtype, data):
     gates = rng.random(len(source)).astype(dtype)
     w1, b1 = array(data, (experts, dim, hidden), dtype), array(data, (experts, hidden), dtype)
     w2, b2 = array(data, (experts, hidden, dim), dtype), array(data, (experts, dim), dtype)
-    out, saved = run_both("expert_mlp_forward", x, gates, source, sizes, w1, b1, w2, b2, dtype=dtype)
+    mask = None  # expert dropout: a fixed mask on the GELU activations (kept entries scaled by 1 / (1 - p))
+    if data.draw(st.booleans()):
+        mask = ((rng.random((len(source), *inner, hidden)) >= 0.4) / 0.6).astype(dtype)
+    out, saved = run_both("expert_mlp_forward", x, gates, source, sizes, w1, b1, w2, b2, mask, dtype=dtype)
     g = array(data, out.shape, dtype)
-    run_both("expert_mlp_backward", g, x, gates, source, sizes, w1, w2, saved, dtype=dtype)
+    run_both("expert_mlp_backward", g, x, gates, source, sizes, w1, w2, saved, mask, dtype=dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -88,3 +88,18 @@ def routing_margin(logits: np.ndarray, k: int) -> float:
         return np.inf
     ordered = -np.sort(-logits, axis=-1)
     return float(np.min(ordered[..., k - 1] - ordered[..., k]))
+
+
+def composed_expert_mlps(module, x, dispatch, gates, hidden_mask=None):
+    """ExpertMlps' computation spelled out in primitive ops, the reference the fused op is held to: gather,
+    two grouped linear maps with GELU (times the dropout mask, if any), gate, scatter back."""
+    from tinymoe import ops
+
+    xs = ops.take(x, dispatch.source, axis=0)  # (M, ..., D): each expert's rows, expert by expert
+    h = ops.gelu(ops.expert_linear(xs, module.fc1_weight, module.fc1_bias, dispatch.group_sizes))  # (M, ..., H)
+    if hidden_mask is not None:
+        h = h * hidden_mask
+    y = ops.expert_linear(h, module.fc2_weight, module.fc2_bias, dispatch.group_sizes)  # (M, ..., D)
+    g = ops.take(gates, dispatch.choice, axis=0)  # (M,): the gate of each dispatched row
+    y = y * ops.reshape(g, g.shape + (1,) * (y.ndim - 1))
+    return ops.scatter_add(y, dispatch.source, size=dispatch.num_rows, axis=0)  # (R, ..., D)

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from model_helpers import module_gradcheck, routing_margin
+from model_helpers import composed_expert_mlps, module_gradcheck, routing_margin
 
 from tinymoe import Tensor, no_grad, ops
 from tinymoe.gradcheck import gradcheck
-from tinymoe.models import ModelConfig, VisionTransformer, random_class_groups, router_accuracy
+from tinymoe.evaluation import router_accuracy
+from tinymoe.models import ModelConfig, VisionTransformer, random_class_groups
 from tinymoe.models.moe import ExpertMlps, ImageRouter, cv_squared, importance_loss, load_loss, plan_dispatch
 from tinymoe.models.vit import MoEBlock, TokenMoEBlock
 from tinymoe.testing import strategies as st_
@@ -323,7 +324,7 @@ def test_loss_terms_per_routing_variant():
             router_ce = ops.cross_entropy(out.routing.router_logits, targets).item()
             assert terms.router == pytest.approx(router_ce)
             assert terms.total.item() == pytest.approx(ce + 0.3 * router_ce)
-            assert router_accuracy(out, labels, model.class_to_group) == np.mean(out.routing.experts[:, 0] == targets)
+            assert router_accuracy(out.routing.experts, labels, model.class_to_group) == np.mean(out.routing.experts[:, 0] == targets)
         elif routing == "learned":
             assert terms.router is None and terms.total.item() == pytest.approx(ce)
         else:
@@ -373,8 +374,9 @@ def test_learned_router_gets_gradient_only_through_the_gates():
 @settings(max_examples=10)
 @given(st.data())
 def test_fused_expert_op_equals_the_composition_of_primitives(data):
-    """ExpertMlps.forward (one fused op) and forward_composed (take, expert_linear, gelu, gate, scatter_add)
-    agree in value and in every gradient, including experts with no rows and dropped (row, choice) pairs."""
+    """ExpertMlps.forward (one fused op) and its composition from primitives (take, expert_linear, gelu,
+    gate, scatter_add) agree in value and in every gradient, including experts with no rows, dropped
+    (row, choice) pairs and an expert-dropout mask (same generator state on both sides)."""
     experts, dim = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 5))
     k = data.draw(st.integers(1, experts))
     rows, inner = data.draw(st.integers(1, 4)), data.draw(st.sampled_from([(), (3,)]))
@@ -386,12 +388,20 @@ def test_fused_expert_op_equals_the_composition_of_primitives(data):
     dispatch = plan_dispatch(chosen, experts, keep)
     x = rng.standard_normal((rows,) + inner + (dim,))
     gates = rng.random(rows * k)
+    dropout, seed = data.draw(st.sampled_from([0.0, 0.4])), data.draw(st.integers(0, 99))
+    mask = None
+    if dropout:  # the mask ExpertMlps draws from np.random.default_rng(seed)
+        keep = np.random.default_rng(seed).random((dispatch.source.size,) + inner + (2 * dim,), dtype=np.float32)
+        mask = (keep >= dropout) * (1.0 / (1.0 - dropout))
+
+    def fused(xt, gt):
+        return module(xt, dispatch, gt, dropout=dropout, rng=np.random.default_rng(seed))
 
     results = []
-    for forward in (module.forward, module.forward_composed):
+    for forward in (fused, lambda xt, gt: composed_expert_mlps(module, xt, dispatch, gt, hidden_mask=mask)):
         module.zero_grad()
         xt, gt = Tensor(x, requires_grad=True), Tensor(gates, requires_grad=True)
-        out = forward(xt, dispatch, gt)
+        out = forward(xt, gt)
         upstream = np.random.default_rng(0).standard_normal(out.shape)
         out.backward(upstream)
         results.append([out.data, xt.grad, gt.grad] + [p.grad for p in module.parameters()])

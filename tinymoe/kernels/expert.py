@@ -28,6 +28,10 @@ costs, never E masked products. Backward (g = dL/d out):
     dw1[e] = xs_eᵀ dh_e, db1[e] = Σ dh_e,  dxs_e = dh_e w1[e]ᵀ
     dx[source[i]] += dxs[i]                          the adjoint of the gather
 
+Expert dropout: an optional `mask` (M, ..., H) multiplies the GELU output, a = gelu(h) · mask (the caller
+scales the kept entries by 1 / (1 - p)); the backward then uses that a for dw2 and multiplies da by the
+same mask before gelu'. Without a mask nothing changes.
+
 The forward returns what the backward needs: (h, y). Neither xs nor a is kept between forward and
 backward: the backward gathers xs again from x (a copy of M·T·D numbers) and recomputes a = gelu(h)
 (one elementwise pass), which frees the largest activation of the block (M·T·H numbers) early.
@@ -59,12 +63,18 @@ def _tokens_per_row(x: np.ndarray) -> int:
 # ------------------------------------------------------------------------------------------------------
 # Reference (plain NumPy)
 # ------------------------------------------------------------------------------------------------------
-def expert_mlp_forward(x, gates, source, group_sizes, w1, b1, w2, b2):
+def _flat_mask(mask, hidden: int):
+    """The (M·T, H) view of an expert-dropout mask (M, ..., H), or None."""
+    return None if mask is None else np.ascontiguousarray(mask).reshape(-1, hidden)
+
+
+def expert_mlp_forward(x, gates, source, group_sizes, w1, b1, w2, b2, mask=None):
     """out (R, ..., D) and the saved (h, y); see the module docstring."""
     dim, hidden = w1.shape[1], w1.shape[2]
     tokens = _tokens_per_row(x)
     bounds = _bounds(group_sizes, tokens)
     xs = np.take(x, source, axis=0).reshape(-1, dim)  # (M·T, D)
+    mask = _flat_mask(mask, hidden)
     h = np.empty((xs.shape[0], hidden), dtype=x.dtype)
     a = np.empty_like(h)
     y = np.empty((xs.shape[0], dim), dtype=x.dtype)
@@ -73,7 +83,7 @@ def expert_mlp_forward(x, gates, source, group_sizes, w1, b1, w2, b2):
         if s == t:
             continue
         h[s:t] = xs[s:t] @ w1[e] + b1[e]
-        a[s:t] = gelu_forward(h[s:t])
+        a[s:t] = gelu_forward(h[s:t]) if mask is None else gelu_forward(h[s:t]) * mask[s:t]
         y[s:t] = a[s:t] @ w2[e] + b2[e]
     gated = gates.reshape((-1,) + (1,) * (x.ndim - 1)) * y.reshape((len(source),) + x.shape[1:])  # (M, ..., D)
     out = np.zeros_like(x)
@@ -81,10 +91,11 @@ def expert_mlp_forward(x, gates, source, group_sizes, w1, b1, w2, b2):
     return out, (h, y)
 
 
-def expert_mlp_backward(grad_out, x, gates, source, group_sizes, w1, w2, saved):
+def expert_mlp_backward(grad_out, x, gates, source, group_sizes, w1, w2, saved, mask=None):
     """(dx, dgates, dw1, db1, dw2, db2) from dL/d out; see the module docstring."""
     h, y = saved
     dim = w1.shape[1]
+    mask = _flat_mask(mask, w1.shape[2])
     tokens = _tokens_per_row(x)
     bounds = _bounds(group_sizes, tokens)
     m = len(source)
@@ -99,9 +110,11 @@ def expert_mlp_backward(grad_out, x, gates, source, group_sizes, w1, w2, saved):
         s, t = bounds[e], bounds[e + 1]
         if s == t:
             continue  # an expert without rows gets zero gradients
-        dw2[e] = gelu_forward(h[s:t]).T @ dy[s:t]  # a recomputed
+        a = gelu_forward(h[s:t]) if mask is None else gelu_forward(h[s:t]) * mask[s:t]  # a recomputed
+        dw2[e] = a.T @ dy[s:t]
         db2[e] = dy[s:t].sum(axis=0)
-        dh = gelu_backward(h[s:t], dy[s:t] @ w2[e].T)
+        da = dy[s:t] @ w2[e].T if mask is None else (dy[s:t] @ w2[e].T) * mask[s:t]
+        dh = gelu_backward(h[s:t], da)
         dw1[e] = xs[s:t].T @ dh
         db1[e] = dh.sum(axis=0)
         dxs[s:t] = dh @ w1[e].T
@@ -188,10 +201,11 @@ def _jit_ok(*arrays) -> bool:
     return all(a.dtype in (np.float32, np.float64) for a in arrays) and len({a.dtype for a in arrays}) == 1
 
 
-def expert_mlp_forward_numba(x, gates, source, group_sizes, w1, b1, w2, b2):
+def expert_mlp_forward_numba(x, gates, source, group_sizes, w1, b1, w2, b2, mask=None):
     """Same as `expert_mlp_forward`."""
-    if not _jit_ok(x, gates, w1, b1, w2, b2):
-        return expert_mlp_forward(x, gates, source, group_sizes, w1, b1, w2, b2)
+    if not _jit_ok(x, gates, w1, b1, w2, b2, *(() if mask is None else (mask,))):
+        return expert_mlp_forward(x, gates, source, group_sizes, w1, b1, w2, b2, mask)
+    mask = _flat_mask(mask, w1.shape[2])
     dim, hidden = w1.shape[1], w1.shape[2]
     tokens = _tokens_per_row(x)
     bounds = _bounds(group_sizes, tokens)
@@ -210,6 +224,8 @@ def expert_mlp_forward_numba(x, gates, source, group_sizes, w1, b1, w2, b2):
             continue
         np.matmul(xs[s:t], w1[e], out=h[s:t])
         _bias_gelu_(h[s:t], np.ascontiguousarray(b1[e]), a[s:t])
+        if mask is not None:
+            a[s:t] *= mask[s:t]
         np.matmul(a[s:t], w2[e], out=y[s:t])
         y[s:t] += b2[e]
     del a  # recomputed by the backward
@@ -218,11 +234,12 @@ def expert_mlp_forward_numba(x, gates, source, group_sizes, w1, b1, w2, b2):
     return out.reshape(x.shape), (h, y)
 
 
-def expert_mlp_backward_numba(grad_out, x, gates, source, group_sizes, w1, w2, saved):
+def expert_mlp_backward_numba(grad_out, x, gates, source, group_sizes, w1, w2, saved, mask=None):
     """Same as `expert_mlp_backward`."""
     h, y = saved
-    if not _jit_ok(grad_out, x, gates, w1, w2, h):
-        return expert_mlp_backward(grad_out, x, gates, source, group_sizes, w1, w2, saved)
+    if not _jit_ok(grad_out, x, gates, w1, w2, h, *(() if mask is None else (mask,))):
+        return expert_mlp_backward(grad_out, x, gates, source, group_sizes, w1, w2, saved, mask)
+    mask = _flat_mask(mask, w1.shape[2])
     dim = w1.shape[1]
     tokens = _tokens_per_row(x)
     bounds = _bounds(group_sizes, tokens)
@@ -241,6 +258,8 @@ def expert_mlp_backward_numba(grad_out, x, gates, source, group_sizes, w1, w2, s
     dw2, db2 = np.zeros_like(w2), np.zeros((w2.shape[0], w2.shape[2]), dtype=w2.dtype)
     a = np.empty_like(h)
     _gelu_forward_flat(h.reshape(-1), a.reshape(-1))  # a = gelu(h), recomputed (h is C-contiguous)
+    if mask is not None:
+        a *= mask
     for e in range(w1.shape[0]):
         s, t = bounds[e], bounds[e + 1]
         if s == t:
@@ -248,6 +267,8 @@ def expert_mlp_backward_numba(grad_out, x, gates, source, group_sizes, w1, w2, s
         np.matmul(a[s:t].T, dy[s:t], out=dw2[e])
         db2[e] = dy[s:t].sum(axis=0)
         dh = dy[s:t] @ w2[e].T  # (rows, H): da, turned into dh in place
+        if mask is not None:
+            dh *= mask[s:t]
         _gelu_backward_(h[s:t], dh)
         np.matmul(xs[s:t].T, dh, out=dw1[e])
         db1[e] = dh.sum(axis=0)

@@ -9,7 +9,7 @@
 
 from tinymoe.models.config import ROUTER_INPUTS, ROUTING_VARIANTS, ConfigError, ModelConfig, default_heads
 from tinymoe.models.flops import ModelCost, count
-from tinymoe.models.losses import LossTerms, model_loss, router_accuracy
+from tinymoe.models.losses import LossTerms, model_loss
 from tinymoe.models.moe import ROUTERS, ImageRouting, TokenRouting, random_class_groups, router_class
 from tinymoe.models.vit import ModelOutput, VisionTransformer, build_model
 
@@ -30,6 +30,5 @@ __all__ = [
     "default_heads",
     "model_loss",
     "random_class_groups",
-    "router_accuracy",
     "router_class",
 ]

@@ -106,12 +106,4 @@ def model_loss(output, labels, config: ModelConfig, router=None, class_to_group=
     return terms
 
 
-def router_accuracy(output, labels, class_to_group) -> float | None:
-    """Fraction of images whose top-1 expert is their label's group (per-image routing only, else None)."""
-    if output.routing is None or class_to_group is None:
-        return None
-    labels = np.asarray(labels)
-    return float(np.mean(output.routing.experts[:, 0] == np.asarray(class_to_group)[labels]))
-
-
-__all__ = ["LossTerms", "model_loss", "router_accuracy"]
+__all__ = ["LossTerms", "model_loss"]

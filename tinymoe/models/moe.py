@@ -34,7 +34,7 @@ How a sparse MoE layer runs here (per-image and per-token routing alike):
        contiguous block: `source[i]` is the row read by dispatched row i, `group_sizes[e]` how many
        rows expert e gets. Rows dropped by a capacity limit are simply not listed;
     4. ops.take(x, source) gathers the rows (copies of an image for each of its k experts), the experts
-       run as two `expert_linear` calls (one matrix product per expert, never E masked ones), each
+       run as one fused op (`ops.expert_mlp`: one matrix product per expert, never E masked ones), each
        result is scaled by its gate, and ops.scatter_add(y, source) sums each row's k outputs back.
 
 Every step costs O(rows · k), so an image routed to one of ten experts costs what a dense MLP costs.
@@ -49,7 +49,7 @@ import numpy as np
 
 from tinymoe import ops
 from tinymoe.nn import Module, Parameter, truncated_normal
-from tinymoe.ops import expert_linear, expert_mlp, normal_cdf
+from tinymoe.ops import expert_mlp, normal_cdf
 from tinymoe.tensor import Tensor
 
 
@@ -180,10 +180,11 @@ class ExpertMlps(Module):
         Returns (R, ..., D): for row r, sum over its kept choices j of gate[r, j] · expert_{e(r,j)}(x[r]);
         zero for a row all of whose choices were dropped.
 
-        One fused op (`tinymoe.ops.expert.expert_mlp`, Numba kernels); `forward_composed` below is the
-        same computation spelled out in primitive ops, step by step, and the tests hold the two equal.
-        The fused op has no place for a dropout mask, so with dropout the composed version runs.
+        One fused op (`tinymoe.ops.expert_mlp`: gather, two grouped linear maps with GELU, gate, scatter
+        back; NumPy reference and Numba kernels in `tinymoe.kernels.expert`); the dropout mask multiplies
+        its GELU activations.
         """
+        mask = None
         if dropout > 0.0:
             if rng is None:
                 raise ValueError("ExpertMlps: expert dropout needs a np.random.Generator (rng=)")
@@ -191,32 +192,9 @@ class ExpertMlps(Module):
             shape = (rows,) + tuple(x.shape[1:-1]) + (self.hidden,)  # (M, ..., hidden): one draw per activation
             keep = rng.random(shape, dtype=np.float32) >= dropout
             mask = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - dropout))
-            return self.forward_composed(x, dispatch, gates, hidden_mask=mask)
         g = ops.take(gates, dispatch.choice, axis=0)  # (M,): the gate of each dispatched row
-        return expert_mlp(
-            x, g, dispatch.source, dispatch.group_sizes, self.fc1_weight, self.fc1_bias, self.fc2_weight, self.fc2_bias
-        )
-
-    def forward_composed(
-        self, x: Tensor, dispatch: Dispatch, gates: Tensor, hidden_mask: np.ndarray | None = None
-    ) -> Tensor:
-        """`forward` from primitive ops: gather, two grouped linear maps with GELU, gate, scatter back.
-
-        `hidden_mask` (M, ..., hidden), if given, multiplies the GELU activations (the dropout mask, already
-        scaled by 1 / (1 - p); a constant, so gradients flow only through the kept activations).
-        """
-        xs = ops.take(x, dispatch.source, axis=0)  # (M, ..., D): each expert's rows, expert by expert
-        h = ops.gelu(expert_linear(xs, self.fc1_weight, self.fc1_bias, dispatch.group_sizes))  # (M, ..., hidden)
-        if hidden_mask is not None:
-            if hidden_mask.shape != h.shape:
-                raise ValueError(
-                    f"ExpertMlps: hidden_mask has shape {hidden_mask.shape}, the hidden activations {h.shape}"
-                )
-            h = h * hidden_mask
-        y = expert_linear(h, self.fc2_weight, self.fc2_bias, dispatch.group_sizes)  # (M, ..., D)
-        g = ops.take(gates, dispatch.choice, axis=0)  # (M,): the gate of each dispatched row
-        y = y * ops.reshape(g, g.shape + (1,) * (y.ndim - 1))  # (M, 1, ..., 1) broadcasts over tokens/width
-        return ops.scatter_add(y, dispatch.source, size=dispatch.num_rows, axis=0)  # (R, ..., D)
+        return expert_mlp(x, g, dispatch.source, dispatch.group_sizes, self.fc1_weight, self.fc1_bias,
+                          self.fc2_weight, self.fc2_bias, hidden_mask=mask)
 
     def extra_repr(self) -> str:
         return f"experts={self.experts}, dim={self.dim}, hidden={self.hidden}"

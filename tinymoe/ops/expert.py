@@ -17,7 +17,7 @@ from tinymoe.ops.validate import float_operands
 from tinymoe.tensor import Tensor
 
 
-def expert_mlp(x, gates, source, group_sizes, fc1_weight, fc1_bias, fc2_weight, fc2_bias) -> Tensor:
+def expert_mlp(x, gates, source, group_sizes, fc1_weight, fc1_bias, fc2_weight, fc2_bias, hidden_mask=None) -> Tensor:
     """sum over dispatched rows i with source[i] = r of  gates[i] · MLP_{e(i)}(x[r]),  for each input row r.
 
     Args:
@@ -26,6 +26,8 @@ def expert_mlp(x, gates, source, group_sizes, fc1_weight, fc1_bias, fc2_weight, 
         source: (M,) int, the input row each dispatched row reads; rows listed expert by expert.
         group_sizes: (E,) int, rows per expert, summing to M.
         fc1_weight (E, D, H), fc1_bias (E, H), fc2_weight (E, H, D), fc2_bias (E, D): the experts.
+        hidden_mask: optional (M, ..., H) constant multiplying the GELU activations (expert dropout: the
+            keep mask already scaled by 1 / (1 - p)); gradients flow only through the kept activations.
     Returns (R, ..., D); a row no expert received (dropped by capacity) is zero.
     """
     names = ("x", "gates", "fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias")
@@ -57,10 +59,17 @@ def expert_mlp(x, gates, source, group_sizes, fc1_weight, fc1_bias, fc2_weight, 
             f"got {sizes!r}"
         )
 
-    out, saved = kernels.expert_mlp_forward(x.data, gates.data, source, sizes, w1.data, b1.data, w2.data, b2.data)
+    if hidden_mask is not None:
+        hidden_mask = np.asarray(hidden_mask)
+        if hidden_mask.shape != (source.size,) + x.shape[1:-1] + (hidden,) or hidden_mask.dtype != x.dtype:
+            raise ValueError(f"expert_mlp: hidden_mask must be {x.dtype} of shape "
+                             f"{(source.size,) + x.shape[1:-1] + (hidden,)} (dispatched rows, ..., hidden), "
+                             f"got {hidden_mask.dtype} {hidden_mask.shape}")
+    out, saved = kernels.expert_mlp_forward(x.data, gates.data, source, sizes, w1.data, b1.data, w2.data, b2.data,
+                                            hidden_mask)
 
     def backward(g):
-        return kernels.expert_mlp_backward(g, x.data, gates.data, source, sizes, w1.data, w2.data, saved)
+        return kernels.expert_mlp_backward(g, x.data, gates.data, source, sizes, w1.data, w2.data, saved, hidden_mask)
 
     return Tensor.from_op(out, (x, gates, w1, b1, w2, b2), backward, "expert_mlp")
 
