@@ -81,13 +81,13 @@ def _time_steps(step, warmup: int, steps: int) -> list[float]:
 # ----------------------------------------------------------------------------------------------------
 def use_fused_ops() -> None:
     """--variant fused: run the model's attention and dense MLPs through the fused ops
-    (tinymoe.ops.packed_attention and tinymoe.ops.mlp) instead of the primitive compositions the model
+    (bench/fused: packed_attention and mlp) instead of the primitive compositions the model
     modules are written with (the expert MLPs already use the fused expert_mlp op). Same math
-    (tests/ops/test_expert_and_packed_attention.py checks each fused op equals the composition,
+    (tests/test_bench_fused.py checks each fused op equals the composition,
     gradients included); this measures what adopting them would gain."""
     from tinymoe.models import vit as layers  # Attention and Mlp live in the model file
-    from tinymoe.ops.mlp import mlp
-    from tinymoe.ops.packed_attention import packed_attention
+    from fused.mlp import mlp  # bench/ is on sys.path: this script's own folder
+    from fused.packed_attention import packed_attention
 
     def attention_forward(self, x):
         return self.proj(packed_attention(self.qkv(x), self.heads))

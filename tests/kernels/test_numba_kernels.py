@@ -186,18 +186,6 @@ def test_expert_mlp(dtype, data):
     run_both("expert_mlp_backward", g, x, gates, source, sizes, w1, w2, saved, mask, dtype=dtype)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@given(data=st.data())
-def test_mlp(dtype, data):
-    lead = data.draw(st_.shapes(min_dims=1, max_dims=2, max_side=7))
-    dim, hidden, out_dim = (data.draw(st.integers(1, 9)) for _ in range(3))
-    x = array(data, (*lead, dim), dtype)
-    w1, b1 = array(data, (dim, hidden), dtype), array(data, (hidden,), dtype)
-    w2, b2 = array(data, (hidden, out_dim), dtype), array(data, (out_dim,), dtype)
-    y, h = run_both("mlp_forward", x, w1, b1, w2, b2, dtype=dtype)
-    run_both("mlp_backward", array(data, y.shape, dtype), x, w1, w2, h, dtype=dtype)
-
-
 def test_every_numba_kernel_is_covered_by_the_cases():
     """kernel_cases (used by the DISABLE_JIT check below) lists every kernel with a Numba version."""
     with_numba = {name for name in backend.names() if backend.get(name).numba is not None}

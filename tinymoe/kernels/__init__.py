@@ -16,7 +16,7 @@ backend. The ops call these, never the reference functions directly, so register
 (`backend.register(name, numba=fn)`) is all it takes to make every op use it.
 """
 
-from tinymoe.kernels import activation, attention, expert, linear, mlp, norm, softmax
+from tinymoe.kernels import activation, attention, expert, linear, norm, softmax
 from tinymoe.kernels.backend import active_backend, register, report, require_numba, use_backend, using
 
 # The table of kernels: name -> reference implementation. Numba versions are registered beside these.
@@ -57,9 +57,6 @@ expert_mlp_forward = register(
 expert_mlp_backward = register(
     "expert_mlp_backward", reference=expert.expert_mlp_backward, numba=expert.expert_mlp_backward_numba
 )
-# The dense MLP fc2(gelu(fc1(x))) as one computation (tinymoe.kernels.mlp).
-mlp_forward = register("mlp_forward", reference=mlp.mlp_forward, numba=mlp.mlp_forward_numba)
-mlp_backward = register("mlp_backward", reference=mlp.mlp_backward, numba=mlp.mlp_backward_numba)
 
 __all__ = [
     "active_backend",
@@ -84,6 +81,4 @@ __all__ = [
     "attention_backward",
     "expert_mlp_forward",
     "expert_mlp_backward",
-    "mlp_forward",
-    "mlp_backward",
 ]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tinymoe.kernels import activation, attention, expert, mlp, norm, softmax
+from tinymoe.kernels import activation, attention, expert, norm, softmax
 
 
 def dispatch_plan(rng: np.random.Generator, rows: int, experts: int, k: int, keep_fraction: float = 1.0):
@@ -51,8 +51,6 @@ def kernel_cases(rng: np.random.Generator, dtype=np.float64) -> dict[str, tuple]
     source, _, sizes = dispatch_plan(rng, 5, 3, 2)
     gates = rng.random(len(source)).astype(dtype)
     _, saved = expert.expert_mlp_forward(ex, gates, source, sizes, e_w1, e_b1, e_w2, e_b2)
-    mx, m_w1, m_b1, m_w2, m_b2 = f(2, 3, 4), f(4, 9), f(9), f(9, 5), f(5)
-    _, m_h = mlp.mlp_forward(mx, m_w1, m_b1, m_w2, m_b2)
     return {
         "gelu_forward": (x,),
         "gelu_backward": (x, g),
@@ -68,8 +66,6 @@ def kernel_cases(rng: np.random.Generator, dtype=np.float64) -> dict[str, tuple]
         "attention_backward": (go, q, k_, v, attn_probs, 0.5),
         "expert_mlp_forward": (ex, gates, source, sizes, e_w1, e_b1, e_w2, e_b2),
         "expert_mlp_backward": (f(5, 3, 4), ex, gates, source, sizes, e_w1, e_w2, saved),
-        "mlp_forward": (mx, m_w1, m_b1, m_w2, m_b2),
-        "mlp_backward": (f(2, 3, 5), mx, m_w1, m_w2, m_h),
     }
 
 

@@ -1,5 +1,7 @@
-"""The transformer MLP, fc2(gelu(fc1(x))), as one fused computation: reference kernels (plain NumPy) and
-Numba versions, forward and backward.
+"""The transformer MLP, fc2(gelu(fc1(x))), as one fused op (`mlp`) with its kernels: reference (plain
+NumPy) and Numba versions, forward and backward. Not used by the model (its MLPs are linear -> gelu ->
+linear, already fast): kept with its measurement (`bench/throughput.py --variant fused`,
+`bench/kernels.py`).
 
     h = x W1 + b1          (M, H)   M = all leading axes of x flattened (tokens), H = hidden width
     a = gelu(h)            (M, H)
@@ -27,6 +29,9 @@ from __future__ import annotations
 import numpy as np
 
 from tinymoe.kernels.activation import gelu_backward, gelu_forward
+from tinymoe.kernels.backend import active_backend
+from tinymoe.ops.validate import float_operands
+from tinymoe.tensor import Tensor
 
 
 def mlp_forward(x, w1, b1, w2, b2):
@@ -95,3 +100,29 @@ def mlp_backward_numba(grad_out, x, w1, w2, h):
     db1 = dh.sum(axis=0)
     dx = (dh @ w1.T).reshape(x.shape)
     return dx, dw1, db1, dw2, db2
+
+
+# ------------------------------------------------------------------------------------------------------
+# The op (a Tensor in, a Tensor out; the kernels of the active backend, as tinymoe's own ops)
+# ------------------------------------------------------------------------------------------------------
+def _active(reference, numba):
+    return numba if active_backend() == "numba" else reference
+
+
+def mlp(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias) -> Tensor:
+    """gelu(x W1 + b1) W2 + b2 for x (..., D), W1 (D, H), b1 (H,), W2 (H, D_out), b2 (D_out,) -> (..., D_out)."""
+    names = ("x", "fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias")
+    x, w1, b1, w2, b2 = float_operands("mlp", names, (x, fc1_weight, fc1_bias, fc2_weight, fc2_bias))
+    if w1.ndim != 2 or w2.ndim != 2 or w2.shape[0] != w1.shape[1] or b1.shape != (w1.shape[1],) or b2.shape != (w2.shape[1],):
+        raise ValueError(
+            f"mlp: weights do not fit together: fc1_weight {w1.shape}, fc1_bias {b1.shape}, fc2_weight {w2.shape}, "
+            f"fc2_bias {b2.shape}; expected (D, H), (H,), (H, D_out), (D_out,)"
+        )
+    if x.ndim == 0 or x.shape[-1] != w1.shape[0]:
+        raise ValueError(f"mlp: x has shape {x.shape} but fc1_weight {w1.shape} needs a last axis of {w1.shape[0]}")
+    out, h = _active(mlp_forward, mlp_forward_numba)(x.data, w1.data, b1.data, w2.data, b2.data)
+
+    def backward(g):
+        return _active(mlp_backward, mlp_backward_numba)(g, x.data, w1.data, w2.data, h)
+
+    return Tensor.from_op(out, (x, w1, b1, w2, b2), backward, "mlp")
