@@ -151,6 +151,10 @@ def test_the_protocol_on_synthetic_data_recovers_the_planted_superclasses(tmp_pa
     assert results["moe"]["router_accuracy"] >= 90
     assert results["dense"]["top1"] >= 30 and results["moe"]["top1"] >= 30
     assert (tmp_path / "results.json").exists() and (tmp_path / "superclasses.json").exists()
+    routing = results["moe"]["routing"]  # tinymoe.routing_analysis, saved by the pipeline
+    assert sum(routing["load"]) == results["moe"]["images"] == len(routing["per_image"]["expert"])
+    assert routing["load"] == results["moe"]["expert_counts"]
+    assert routing["router_accuracy"] == results["moe"]["router_accuracy"]
 
     logged = []
     run_pipeline(splits, opts, log=logged.append)  # every artefact exists: nothing is trained again

@@ -55,6 +55,7 @@ from tinymoe.evaluation import evaluate, predict, supports_oracle
 from tinymoe.lab import teacher_forced_forward, upcycle
 from tinymoe.models import ConfigError, ModelConfig, build_model, count, router_class
 from tinymoe.models.moe import SuperclassRouter
+from tinymoe.routing_analysis import analyse_model
 from tinymoe.training import (
     DOES_NOT_CHANGE_RESULTS,
     StopRequest,
@@ -519,6 +520,8 @@ def _run_stages(splits: Splits, opts: PipelineOptions, log, stop: StopRequest) -
         if name == "moe":
             entry["upcycled"] = bool(opts.upcycle)
             entry["teacher_forcing"] = bool(opts.teacher_forcing)
+        if name == "moe" and supports_oracle(model):  # what the router does: tinymoe.routing_analysis
+            entry["routing"] = analyse_model(model, splits.val_images, splits.val_labels).as_dict()
         if name == "moe" and splits.true_groups is not None and groups is not None:
             entry["superclasses_match_planted_groups"] = bool(_same_partition(groups, splits.true_groups))
         results[name] = entry
