@@ -235,13 +235,15 @@ def test_a_checkpoint_from_before_a_setting_existed_resumes_with_its_default(tmp
         return save(path, model, state=state, metadata=metadata)
 
     monkeypatch.setattr(training, "save_checkpoint", save_without_pad_mode)
-    _trainer(tmp_path / "old", data, max_steps=2).run()
+    _trainer(tmp_path / "old", data, max_steps=2, pad_mode="zero").run()  # zero padding: all there was then
     monkeypatch.setattr(training, "save_checkpoint", save)
-    assert _trainer(tmp_path / "old", data).run(resume=True).completed  # pad_mode "zero" is the default
+    with pytest.raises(CheckpointError, match=r"differs in \['pad_mode'\]"):  # not the new default, reflect
+        _trainer(tmp_path / "old", data).run(resume=True)
+    assert _trainer(tmp_path / "old", data, pad_mode="zero").run(resume=True).completed
 
     _trainer(tmp_path / "new", data, max_steps=1).run()
     with pytest.raises(CheckpointError, match=r"differs in \['pad_mode'\]"):
-        _trainer(tmp_path / "new", data, pad_mode="reflect").run(resume=True)
+        _trainer(tmp_path / "new", data, pad_mode="zero").run(resume=True)
 
 
 def test_superclasses_cli_from_a_dense_checkpoint_reproduces_the_pipeline(tmp_path):

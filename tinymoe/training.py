@@ -201,6 +201,11 @@ class TrainSummary:
     history: list[dict] = field(default_factory=list)  # one dict per epoch (the summary.csv rows)
 
 
+# What a run made before a TrainConfig field existed did, where that is not the field's default: the
+# crop's padding was zeros before pad_mode (whose default is now the recipe's reflect padding).
+BEFORE_IT_EXISTED = {"pad_mode": "zero"}
+
+
 # Settings that only change when the run stops, what it logs, or how batches are prepared, not the
 # numbers it computes: a run may be resumed with other values of these.
 DOES_NOT_CHANGE_RESULTS = {"max_steps", "log_every", "eval_every", "prefetch"}
@@ -324,8 +329,9 @@ class Trainer:
         """Load last.npz into the model/optimizer/RNG; return (epoch, position) to continue from."""
         ckpt = load_checkpoint(self.last_path)
         # A setting missing from an older checkpoint did not exist when it was written, so that run used
-        # the behaviour the setting's default stands for (new settings always default to the old behaviour).
-        saved_cfg = {**asdict(TrainConfig()), **(ckpt.metadata.get("train_config") or {})}
+        # the behaviour from before the setting: its default, or BEFORE_IT_EXISTED where the default has
+        # since become the calibrated recipe's.
+        saved_cfg = {**asdict(TrainConfig()), **BEFORE_IT_EXISTED, **(ckpt.metadata.get("train_config") or {})}
         changed = sorted(
             k for k, v in asdict(self.cfg).items() if k not in DOES_NOT_CHANGE_RESULTS and saved_cfg[k] != v
         )
