@@ -4,9 +4,11 @@ config, its parameters, and any extra training state, plus a JSON metadata docum
 Layout of the file (every entry is a plain array; nothing is pickled):
 
     __metadata__           a 0-d unicode array: the JSON document below
-    param/<name>           one entry per parameter, <name> as in model.state_dict() (see the table in
-                           tinymoe/models/vit.py for names, shapes and layouts)
-    class_to_group         (num_classes,) int64: the model's class -> expert-group map, when it has one
+    param/<name>           one entry per name of model.state_dict(): every parameter (see the table in
+                           tinymoe/models/vit.py for names, shapes and layouts) and buffer, e.g.
+                           param/class_to_group, (num_classes,) int64, the class -> expert-group map
+                           when the model has one (files written before it was a buffer hold it as
+                           `class_to_group`; they load the same)
     state/<n>              the arrays found inside `state=` (optimizer moments, ...), numbered
 
     JSON metadata: {"format": "tinymoe-checkpoint", "version": 1, "tinymoe_version": ..., "config": {...},
@@ -134,12 +136,9 @@ def save_checkpoint(path, model, *, state=None, metadata: dict | None = None) ->
     """
     path = Path(path)
     arrays: dict[str, np.ndarray] = {}
-    params = model.state_dict()
+    params = model.state_dict()  # parameters and buffers (the class -> group map, when set)
     for name, value in params.items():
         arrays[f"param/{name}"] = np.asarray(value)
-    class_to_group = getattr(model, "class_to_group", None)
-    if class_to_group is not None:
-        arrays[_CLASS_TO_GROUP_KEY] = np.asarray(class_to_group, dtype=np.int64)
 
     state_arrays: dict[str, np.ndarray] = {}
     encoded_state = _encode(state, state_arrays, "")
@@ -277,7 +276,7 @@ def load_checkpoint(path, model=None, *, check_config: bool = True) -> Checkpoin
         path=path,
         config=config,
         params=params,
-        class_to_group=arrays.get(_CLASS_TO_GROUP_KEY),
+        class_to_group=params.get(_CLASS_TO_GROUP_KEY, arrays.get(_CLASS_TO_GROUP_KEY)),
         state=state,
         metadata=document.get("metadata", {}),
         info=document,
@@ -299,12 +298,14 @@ def load_into(ckpt: Checkpoint, model, *, check_config: bool = True) -> None:
                 "checkpoint with tinymoe.checkpoint.load_model(path), or pass check_config=False if only "
                 "settings that do not change parameter shapes differ."
             )
+    params = dict(ckpt.params)
+    if ckpt.class_to_group is not None:  # a buffer the model gets once it is set: set it, then load everything
+        model.set_class_to_group(ckpt.class_to_group)
+        params[_CLASS_TO_GROUP_KEY] = ckpt.class_to_group  # (older files: a key of its own, not a param/)
     try:
-        model.load_state_dict(ckpt.params, strict=True)
+        model.load_state_dict(params, strict=True)
     except (KeyError, ValueError) as e:
         raise CheckpointError(f"{ckpt.path} does not fit this model: {e}") from e
-    if ckpt.class_to_group is not None:
-        model.set_class_to_group(ckpt.class_to_group)
 
 
 def load_model(path, *, dtype=np.float32):

@@ -175,7 +175,16 @@ def sync_replicas(model, replicas: Sequence) -> None:
             mine.data = theirs.data
             mine.grad = None
         replica.train(model.training)
-        replica.class_to_group = model.class_to_group
+        for name, buffer in model.named_buffers():  # e.g. the class -> group map: shared, not copied
+            _set_buffer(replica, name, buffer)
+
+
+def _set_buffer(module, name: str, buffer) -> None:
+    """Register `buffer` under the dotted `name` ("class_to_group", "blocks.3.x") of `module`."""
+    *path, leaf = name.split(".")
+    for part in path:
+        module = getattr(module, part)
+    module.register_buffer(leaf, buffer)
 
 
 def add_gradients(model, replicas: Sequence) -> None:

@@ -220,3 +220,30 @@ def test_a_non_finite_model_or_state_is_never_written(tmp_path, where):
     with pytest.raises(NonFiniteError, match="head.bias" if where == "parameter" else "training state"):
         save_checkpoint(path, model, state=state)
     assert path.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["m.npz"]
+
+
+def test_the_class_to_group_map_is_a_buffer_and_older_files_with_it_apart_still_load(tmp_path):
+    """The map is saved as param/class_to_group (a buffer of state_dict); files from before it was a
+    buffer hold it as a top-level `class_to_group` array and must load to the same model."""
+    import json
+    import zipfile
+
+    model = VisionTransformer(small(), rng=0)
+    model.set_class_to_group(np.array([0, 1, 2, 0, 1, 2]))
+    assert "class_to_group" in model.state_dict() and "class_to_group" not in dict(model.named_parameters())
+    save_checkpoint(tmp_path / "new.npz", model)
+    with np.load(tmp_path / "new.npz", allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    assert "param/class_to_group" in arrays and "class_to_group" not in arrays
+    # The older layout: the map under its own key, not listed among the parameters.
+    document = json.loads(str(arrays["__metadata__"]))
+    del document["parameters"]["class_to_group"]
+    arrays["__metadata__"] = np.array(json.dumps(document))
+    arrays["class_to_group"] = arrays.pop("param/class_to_group")
+    np.savez(tmp_path / "old.npz", **arrays)
+    assert zipfile.is_zipfile(tmp_path / "old.npz")
+    for name in ("new.npz", "old.npz"):
+        loaded = load_model(tmp_path / name)
+        np.testing.assert_array_equal(loaded.class_to_group, model.class_to_group)
+        for key, value in model.state_dict().items():
+            np.testing.assert_array_equal(loaded.state_dict()[key], value, err_msg=f"{name}: {key}")

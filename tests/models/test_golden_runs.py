@@ -66,8 +66,8 @@ def train_variant(name: str, backend: str, out: Path) -> dict:
         row = json.loads(line)
         if "loss" in row and "step" in row:
             losses.append(row["loss"])
-    params = {key: hashlib.sha256(np.ascontiguousarray(value).tobytes()).hexdigest()[:16]
-              for key, value in sorted(model.state_dict().items())}
+    params = {key: hashlib.sha256(np.ascontiguousarray(p.data).tobytes()).hexdigest()[:16]
+              for key, p in sorted(model.named_parameters())}  # the trained arrays (buffers are not trained)
     return {"params": params, "losses": losses}
 
 

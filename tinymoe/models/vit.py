@@ -306,9 +306,10 @@ class VisionTransformer(Module):
         self.rng = np.random.default_rng(rng.integers(2**63))  # router noise (token routing, training)
         # class -> expert group, the router's target: set by set_class_to_group for "superclass",
         # fixed at random (seeded by config.random_groups_seed) for "random".
+        # A buffer once set (saved in state_dict and checkpoints, copied to replicas, never trained).
         self.class_to_group: np.ndarray | None = None
         if c.is_moe and router is RandomGroupRouter:
-            self.class_to_group = random_class_groups(c.num_classes, c.experts, c.random_groups_seed)
+            self.set_class_to_group(random_class_groups(c.num_classes, c.experts, c.random_groups_seed))
 
     def _pytorch_init(self, rng: np.random.Generator) -> None:
         """Redraw the weights as PyTorch's default layers would (see the module docstring)."""
@@ -351,7 +352,7 @@ class VisionTransformer(Module):
                 f"class_to_group values must lie in [0, {c.experts}) (one group per expert), "
                 f"got values from {mapping.min()} to {mapping.max()}"
             )
-        self.class_to_group = mapping.astype(np.int64)
+        self.register_buffer("class_to_group", mapping.astype(np.int64))
 
     def _check_images(self, images) -> Tensor:
         c = self.config
