@@ -52,7 +52,7 @@ def check_softmax_vjp(mod) -> str:
 
 
 def check_topk_dispatch(mod) -> str:
-    from tinymoe.models.routing import plan_dispatch, top_k
+    from tinymoe.models.moe import plan_dispatch, top_k
 
     rng = np.random.default_rng(2)
     cases = 0
