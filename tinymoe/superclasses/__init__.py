@@ -53,21 +53,6 @@ from tinymoe.superclasses.files import (
     superclass_table,
 )
 
-__all__ = [
-    "confusion_matrix",
-    "confusion_graph",
-    "isolated_classes",
-    "spectral_embedding",
-    "kmeans",
-    "canonical_labels",
-    "cluster",
-    "superclasses_from_predictions",
-    "GroupBalance",
-    "group_balance",
-    "superclass_table",
-    "Superclasses",
-    "SuperclassFileError",
-    "save_superclasses",
-    "load_superclasses",
-    "load_predictions",
-]
+from tinymoe.superclasses import algorithm, files  # noqa: E402  (their own __all__ lists)
+
+__all__ = algorithm.__all__ + files.__all__
