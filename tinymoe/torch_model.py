@@ -381,7 +381,7 @@ def export_onnx(model: VisionTransformer, out, *, opset: int | None = None, batc
     kwargs = {} if opset is None else {"opset_version": opset}
     torch.onnx.export(LogitsOnly(model), (example,), str(out), input_names=["images"], output_names=["logits"],
                       dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},), dynamo=True,
-                      external_data=False, **kwargs)
+                      external_data=False, verbose=False, **kwargs)
     proto = onnx.load(str(out))
     groups = None if model.class_to_group is None else model.class_to_group.numpy()
     for key, value in file_metadata(c, groups).items():
