@@ -379,7 +379,7 @@ def export_onnx(model: VisionTransformer, out, *, opset: int | None = None, batc
     model = model.float().eval()
     example = torch.zeros(batch, c.image_size, c.image_size, c.channels)
     kwargs = {} if opset is None else {"opset_version": opset}
-    torch.onnx.export(LogitsOnly(model), (example,), str(out), input_names=["images"], output_names=["logits"],
+    torch.onnx.export(LogitsOnly(model).eval(), (example,), str(out), input_names=["images"], output_names=["logits"],
                       dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},), dynamo=True,
                       external_data=False, verbose=False, **kwargs)
     proto = onnx.load(str(out))
