@@ -350,6 +350,19 @@ def save(model: VisionTransformer, out) -> Path:
     return out
 
 
+def save_safetensors(model: VisionTransformer, out) -> Path:
+    """The model's weights as an exported safetensors file (what `tinymoe.export.load_safetensors` and
+    `from_safetensors` read), e.g. after training it further in PyTorch."""
+    from safetensors.numpy import save_file
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    groups = None if model.class_to_group is None else model.class_to_group.numpy()
+    tensors = {k: np.ascontiguousarray(v.detach().cpu().numpy()) for k, v in model.state_dict().items()}
+    save_file(tensors, str(out), metadata=file_metadata(model.config, groups))
+    return out
+
+
 def load(path) -> VisionTransformer:
     """The model of a file written by `save` (python -m tinymoe.export ... --to torch)."""
     blob = torch.load(path, map_location="cpu", weights_only=True)
@@ -418,6 +431,7 @@ __all__ = [
     "from_tinymoe",
     "from_safetensors",
     "save",
+    "save_safetensors",
     "load",
     "export_onnx",
     "timm_vit",
