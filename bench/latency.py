@@ -24,7 +24,10 @@ therefore reflects an untrained router (tokens spread over many experts).
                         memory just before (the peak is reset through /proc/self/clear_refs first)
 
 Timings from a loaded machine are noisy: the JSON records the 1-minute load average before and after
-each worker and of the whole run, so a reader can judge.
+each worker and of the whole run, so a reader can judge. On a machine whose cores are busy with other
+jobs, the 2-thread rows measure contention (thread pools waiting for a core), not parallel speed-up.
+The peak-memory column of a worker's first model and backend also holds one-time costs (imports,
+Numba's compiled kernels, thread pools), so compare it between variants of one backend, not across rows.
 """
 
 from __future__ import annotations
@@ -232,9 +235,9 @@ def run_grid(args) -> dict:
     }
 
 
-def table(result: dict) -> str:
+def table(result: dict, threads=None) -> str:
     """Markdown: one row per (size, image, variant), p50 ms per backend and thread count, weights read."""
-    rows = result["rows"]
+    rows = [r for r in result["rows"] if threads is None or r["threads"] in threads]
     backends = [b for b in BACKENDS if any(r["backend"] == b for r in rows)]
     threads = sorted({r["threads"] for r in rows})
     cols = [(b, t) for t in threads for b in backends]
@@ -270,6 +273,7 @@ def main(argv=None):
     parser.add_argument("--no-save", action="store_true")
     parser.add_argument("--json", action="store_true", help="print the result JSON")
     parser.add_argument("--table", action="store_true", help="print the markdown table of the saved JSON")
+    parser.add_argument("--table-threads", nargs="+", type=int, default=None, help="only these thread counts")
     # worker-only
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--size", help=argparse.SUPPRESS)
@@ -281,7 +285,7 @@ def main(argv=None):
         print(json.dumps(worker(args)))
         return 0
     if args.table:
-        print(table(json.loads(Path(args.out).read_text())))
+        print(table(json.loads(Path(args.out).read_text()), args.table_threads))
         return 0
     result = run_grid(args)
     if not args.no_save:
