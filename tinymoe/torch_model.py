@@ -254,14 +254,16 @@ class VisionTransformer(nn.Module):
         """timm-like initial weights (tinymoe's init="timm" scheme, PyTorch's random numbers)."""
         g = None if seed is None else torch.Generator().manual_seed(seed)
         for name, p in self.named_parameters():
-            if name.endswith("bias") and "patch_embed" not in name or "norm" in name:
-                p.fill_(1.0 if ("norm" in name and name.endswith("weight")) else 0.0)
-            elif name == "cls_token":
-                p.normal_(0.0, 1e-6, generator=g)
-            elif "patch_embed" in name:
+            if "norm" in name:  # LayerNorms: gain 1, shift 0
+                p.fill_(1.0 if name.endswith("weight") else 0.0)
+            elif "patch_embed" in name:  # weight and bias uniform in ±1/sqrt(p·p·c), Conv2d's default
                 bound = 1.0 / math.sqrt(self.config.patch_dim)
                 p.uniform_(-bound, bound, generator=g)
-            else:
+            elif name.endswith("bias"):
+                p.zero_()
+            elif name == "cls_token":
+                p.normal_(0.0, 1e-6, generator=g)
+            else:  # linear weights (experts and routers too) and the position embedding
                 nn.init.trunc_normal_(p, std=0.02, a=-0.04, b=0.04, generator=g)
 
     def set_class_to_group(self, mapping):
