@@ -65,6 +65,7 @@ def main(argv=None) -> int:
 
     from machine import describe as describe_machine
     from tinymoe.data.batches import BatchLoader, holdout_split, normalize
+    from tinymoe.export import export_params
     from tinymoe.models import ModelConfig, VisionTransformer
     from tinymoe.optim import warmup_cosine_lr
     from tinymoe.pipeline import load_splits
@@ -83,11 +84,8 @@ def main(argv=None) -> int:
         # The exact initial weights of `python -m tinymoe.train --seed S` (the pipeline builds its models
         # with rng=seed); tinymoe stores Linear weights (in, out), PyTorch (out, in).
         ours = VisionTransformer(config, rng=args.seed)
-        own = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, p in ours.named_parameters():
-                value = p.data.T if (name.endswith(".weight") and p.data.ndim == 2) else p.data
-                own[name].copy_(torch.from_numpy(np.ascontiguousarray(value)))
+        model.load_state_dict({name: torch.from_numpy(value) for name, value in
+                               export_params(ours.state_dict(), config).items()}, strict=True)
         # The copy is only a calibration if both models compute the same function from those weights.
         probe = normalize(splits.val_images[:64])
         with torch.no_grad():
@@ -95,7 +93,13 @@ def main(argv=None) -> int:
         mine = ours(probe).logits.data
         if not np.allclose(theirs, mine, rtol=1e-4, atol=1e-4):
             raise SystemExit(f"weight copy failed: logits differ by {np.abs(theirs - mine).max():.2e}")
-    # else: PyTorch's defaults, as bench/torch_models.ViT constructs them.
+    else:  # PyTorch's defaults: what a model written with plain nn.Linear / nn.Conv2d layers starts from
+        with torch.no_grad():
+            for module in model.modules():
+                if isinstance(module, (torch.nn.Linear, torch.nn.LayerNorm, torch.nn.Conv2d)):
+                    module.reset_parameters()
+            model.cls_token.zero_()
+            model.pos_embed.normal_(0.0, 0.02)
 
     decay = [p for n, p in model.named_parameters() if not no_decay(n, p)]
     plain = [p for n, p in model.named_parameters() if no_decay(n, p)]
