@@ -88,7 +88,8 @@ def test_exported_names_and_shapes_are_timms():
             expected.update({f"{m}.fc1.weight": (h, d), f"{m}.fc1.bias": (h,), f"{m}.fc2.weight": (d, h),
                              f"{m}.fc2.bias": (d,)})
     assert {n: v.shape for n, v in out.items()} == expected
-    sd = model.state_dict()
+    sd = {name: p.data for name, p in model.named_parameters()}  # (the class map, a buffer, is metadata)
+    assert set(model.state_dict()) - set(sd) <= {"class_to_group"}
     # the layouts, spot-checked against the tinymoe arrays they come from
     np.testing.assert_array_equal(out["blocks.2.experts.3.fc1.weight"], sd["blocks.2.experts.fc1_weight"][3].T)
     np.testing.assert_array_equal(out["blocks.0.attn.qkv.weight"], sd["blocks.0.attn.qkv.weight"].T)

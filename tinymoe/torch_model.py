@@ -44,9 +44,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tinymoe.export import export_params, file_metadata, parse_metadata, read_safetensors
+from tinymoe.exported import export_params, file_metadata, parse_metadata, read_safetensors
 from tinymoe.models.config import ModelConfig
-from tinymoe.models.routing import expert_capacity
+from tinymoe.models.moe import SuperclassRouter, expert_capacity, router_class
 
 _FIELDS = ("fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias")
 _STACKED = re.compile(r"^(.*experts\.)(fc[12])_(weight|bias)$")
@@ -167,7 +167,7 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(d, eps=c.norm_eps)
         if moe:
             self.experts = Experts(c.experts, d, c.hidden_dim, c.expert_dropout)
-            if c.routing == "token":
+            if router_class(c).per_token:
                 self.router = nn.Linear(d, c.experts, bias=False)
         else:
             self.mlp = Mlp(d, c.hidden_dim)
@@ -242,7 +242,7 @@ class VisionTransformer(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         self.pos_embed = nn.Parameter(torch.zeros(1, c.num_tokens, d))
         self.blocks = nn.ModuleList(Block(c, c.is_moe_block(i), rate) for i, rate in enumerate(c.drop_path_rates()))
-        if c.is_moe and c.routing != "token":
+        if c.is_moe and not router_class(c).per_token:
             self.router = nn.Linear(d, c.experts, bias=False)
         self.norm = nn.LayerNorm(d, eps=c.norm_eps)
         self.head = nn.Linear(d, c.num_classes)
@@ -277,15 +277,12 @@ class VisionTransformer(nn.Module):
     def forward(self, images, noises=None) -> Output:
         """`noises`: token routing in training only, one (B, N, E) router noise per MoE block (else drawn)."""
         c = self.config
-        if self.training and c.teacher_forcing:
-            raise NotImplementedError("tinymoe.torch_model: teacher forcing is not implemented; train with "
-                                      "teacher_forcing=False (the router decides)")
         x = self.embed(images)
         out = Output(logits=None)
         for i, block in enumerate(self.blocks):
             if not c.is_moe_block(i):
                 x = block(x)
-            elif c.routing == "token":
+            elif router_class(c).per_token:
                 x, info = block.forward_token_routed(x, c, None if noises is None else noises[len(out.token_routing)])
                 out.token_routing.append(info)
             else:
@@ -303,7 +300,7 @@ class VisionTransformer(nn.Module):
         """tinymoe's training loss (tinymoe.models.losses.model_loss): CE (+ router CE) (+ balance)."""
         c = self.config
         total = F.cross_entropy(out.logits, labels, label_smoothing=label_smoothing)
-        if out.router_logits is not None and c.routing in ("superclass", "random"):
+        if out.router_logits is not None and issubclass(router_class(c), SuperclassRouter):  # superclass, random
             if self.class_to_group is None:
                 raise ValueError("the router's superclass loss needs model.set_class_to_group(groups)")
             groups = self.class_to_group.to(out.logits.device)
