@@ -5,7 +5,7 @@ Layout of the file (every entry is a plain array; nothing is pickled):
 
     __metadata__           a 0-d unicode array: the JSON document below
     param/<name>           one entry per name of model.state_dict(): every parameter (see the table in
-                           tinymoe/models/vit.py for names, shapes and layouts) and buffer, e.g.
+                           tinymoe/exported.py for names, shapes and layouts) and buffer, e.g.
                            param/class_to_group, (num_classes,) int64, the class -> expert-group map
                            when the model has one (files written before it was a buffer hold it as
                            `class_to_group`; they load the same)

@@ -12,7 +12,7 @@ from model_helpers import module_gradcheck, routing_margin, tiny_config, tiny_co
 
 from tinymoe import Tensor, no_grad
 from tinymoe.models import ModelConfig, VisionTransformer, count
-from tinymoe.models import vit as vit_module
+from tinymoe import exported as table_module  # the one table of parameter names, shapes and layouts
 from tinymoe.models.vit import Block
 
 
@@ -107,8 +107,8 @@ def test_an_unknown_initialisation_is_a_config_error():
 
 def _documented_names() -> set[str]:
     names = set()
-    for line in vit_module.__doc__.splitlines():
-        m = re.match(r"\s+([a-z_{}.0-9]+(?:\.weight|\.bias|_weight|_bias|_token|_embed))( / \.bias)?\s+\(", line)
+    for line in table_module.__doc__.splitlines():
+        m = re.match(r"\s+([a-z_{}.0-9]+(?:\.weight|\.bias|_weight|_bias|_token|_embed))( ?/ ?\.bias)?\s+\(", line)
         if m:
             names.add(m.group(1))
             if m.group(2):
@@ -124,14 +124,14 @@ def test_every_parameter_is_in_the_documented_table_with_its_shape(routing):
     symbols = {"D": c.dim, "H": c.hidden_dim, "E": c.experts, "C": c.num_classes, "N": c.num_tokens,
                "p·p·c": c.patch_dim, "3D": 3 * c.dim}
     rows = {}
-    for line in vit_module.__doc__.splitlines():
-        m = re.match(r"\s+([a-z_{}.0-9]+)(?: / \.bias)?\s+\(([^)]*)\)", line)
+    for line in table_module.__doc__.splitlines():
+        m = re.match(r"\s+([a-z_{}.0-9]+)(?: ?/ ?\.bias)?\s+\(([^)]*)\)", line)
         if m:
             rows[m.group(1)] = tuple(symbols.get(s.strip(), None) if not s.strip().isdigit() else int(s)
                                      for s in m.group(2).split(",") if s.strip())
     for name, p in model.named_parameters():
         pattern = re.sub(r"blocks\.\d+\.", "blocks.{i}.", name)
-        assert pattern in documented, f"{name} is missing from the parameter table in tinymoe/models/vit.py"
+        assert pattern in documented, f"{name} is missing from the parameter table in tinymoe/exported.py"
         key = pattern if pattern in rows else pattern.rsplit(".", 1)[0] + ".weight"
         assert rows[key] == p.shape, f"{name}: table says {rows[key]}, model has {p.shape}"
 

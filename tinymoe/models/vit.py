@@ -35,36 +35,11 @@ alike), the position embedding N(0, 0.02), the class token 0, LayerNorms 1 and 0
 is a weight std of 0.072, 3.6× timm's 0.02, which changes how fast a small model learns in a short
 schedule (bench/RESULTS.md, Calibration).
 
-Parameters (`model.state_dict()` names; D = dim, H = mlp_ratio·dim, E = experts, C = classes,
-N = patches + 1, p = patch_size, c = channels). Every weight is stored (in, out), so x @ W; PyTorch /
-timm store (out, in), so converting a Linear weight is a transpose (`w_timm = w.T`).
-
-  name                             shape           layout / timm `vit_*` equivalent
-  patch_embed.weight               (p·p·c, D)      rows ordered (row in patch, column in patch, channel);
-                                                   = timm patch_embed.proj.weight (D, c, p, p)
-                                                     .permute(2, 3, 1, 0).reshape(p·p·c, D)
-  patch_embed.bias                 (D,)            patch_embed.proj.bias
-  cls_token                        (1, 1, D)       cls_token
-  pos_embed                        (1, N, D)       pos_embed (class token first, then patches row by row)
-  blocks.{i}.norm1.weight / .bias  (D,)            same
-  blocks.{i}.attn.qkv.weight       (D, 3D)         .T of timm's; output columns ordered (q, k, v) x head x Dh
-  blocks.{i}.attn.qkv.bias         (3D,)           same
-  blocks.{i}.attn.proj.weight      (D, D)          .T of timm's; input rows ordered head x Dh
-  blocks.{i}.attn.proj.bias        (D,)            same
-  blocks.{i}.norm2.weight / .bias  (D,)            same
-  blocks.{i}.mlp.fc1.weight        (D, H)          .T of timm's       } dense blocks
-  blocks.{i}.mlp.fc1.bias          (H,)            same               }
-  blocks.{i}.mlp.fc2.weight        (H, D)          .T of timm's       }
-  blocks.{i}.mlp.fc2.bias          (D,)            same               }
-  blocks.{i}.experts.fc1_weight    (E, D, H)       [e] = expert e's fc1 weight, (in, out)  } MoE blocks
-  blocks.{i}.experts.fc1_bias      (E, H)          [e] = expert e's fc1 bias               }
-  blocks.{i}.experts.fc2_weight    (E, H, D)       [e] = expert e's fc2 weight, (in, out)  }
-  blocks.{i}.experts.fc2_bias      (E, D)          [e] = expert e's fc2 bias               }
-  blocks.{i}.router.weight         (D, E)          token routing only: the block's router, no bias
-  router.weight                    (D, E)          per-image routing only: the image router, no bias
-  norm.weight / .bias              (D,)            same
-  head.weight                      (D, C)          .T of timm's head.weight
-  head.bias                        (C,)            same
+Parameters (`model.state_dict()` names): every weight is stored (in, out), so x @ W (PyTorch and timm
+store (out, in): a transpose); the patch embedding is (p·p·c, D) with rows ordered (row in patch,
+column in patch, channel); experts are stacked, blocks.{i}.experts.fc1_weight (E, D, H) etc. The table
+of every name, shape and layout, with its timm equivalent, is in `tinymoe/exported.py` (one table, the
+one the export is tested against).
 """
 
 from __future__ import annotations
