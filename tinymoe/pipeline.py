@@ -55,7 +55,7 @@ from tinymoe.evaluation import evaluate, predict, supports_oracle
 from tinymoe.lab import teacher_forced_forward, upcycle
 from tinymoe.models import ConfigError, ModelConfig, build_model, count, router_class
 from tinymoe.models.moe import SuperclassRouter
-from tinymoe.routing_analysis import analyse_model
+from tinymoe.routing_analysis import analyse_model, routing_summary
 from tinymoe.training import (
     DOES_NOT_CHANGE_RESULTS,
     StopRequest,
@@ -559,11 +559,7 @@ def format_results(results: dict) -> str:
     moe = results.get("moe", {})
     if moe.get("expert_counts"):
         lines.append(f"MoE images per expert on val: {moe['expert_counts']}")
-    if moe.get("top1_routed_right") is not None and moe.get("top1_routed_wrong") is not None:
-        lines.append(f"MoE top-1 on the images routed to their superclass: {moe['top1_routed_right']:.2f}%, "
-                     f"on the others: {moe['top1_routed_wrong']:.2f}%")
-    if moe.get("oracle_top1") is not None:
-        lines.append(f"MoE top-1 if every image went to its true superclass's expert (oracle): {moe['oracle_top1']:.2f}%")
+    lines += [f"MoE: {line}" for line in routing_summary(moe)]
     return "\n".join(lines)
 
 

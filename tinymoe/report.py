@@ -21,6 +21,8 @@ import json
 import sys
 from pathlib import Path
 
+from tinymoe.routing_analysis import routing_summary
+
 
 def _matplotlib():
     try:
@@ -125,13 +127,7 @@ def summary_markdown(results: dict, pictures: list[str]) -> str:
     if isinstance(dense, dict) and isinstance(moe, dict):
         lines += ["", f"MoE − dense: {moe['top1'] - dense['top1']:+.2f} points on {moe['images']:,} val images."]
     if isinstance(moe, dict):
-        if moe.get("router_accuracy") is not None:
-            lines.append(f"Router accuracy (image sent to its superclass's expert): {moe['router_accuracy']:.1f}%.")
-        if moe.get("top1_routed_right") is not None and moe.get("top1_routed_wrong") is not None:
-            lines.append(f"Top-1 on images routed right / wrong: {moe['top1_routed_right']:.1f}% / "
-                         f"{moe['top1_routed_wrong']:.1f}% (selection as well as routing: see tutorial 07).")
-        if moe.get("oracle_top1") is not None:
-            lines.append(f"Oracle (every image to its superclass's expert): {moe['oracle_top1']:.2f}%.")
+        lines += routing_summary(moe, digits=1)
         routing = moe.get("routing")
         if routing:
             load = routing["load"]

@@ -114,4 +114,19 @@ def analyse_model(model, images: np.ndarray, labels: np.ndarray, batch_size: int
     return analyse(probs, pred.logits, labels, groups)
 
 
-__all__ = ["RoutingAnalysis", "analyse", "analyse_model"]
+def routing_summary(moe: dict, digits: int = 2) -> list[str]:
+    """Sentences on what routing did, from an MoE's results entry (results.json): the router's accuracy,
+    top-1 on the images routed right and wrong, and the oracle's top-1, where they were measured."""
+    lines = []
+    if moe.get("router_accuracy") is not None:
+        lines.append(f"Router accuracy (image sent to its superclass's expert): {moe['router_accuracy']:.1f}%.")
+    right, wrong = moe.get("top1_routed_right"), moe.get("top1_routed_wrong")
+    if right is not None and wrong is not None:
+        lines.append(f"Top-1 on the images routed to their superclass: {right:.{digits}f}%, on the others: "
+                     f"{wrong:.{digits}f}% (selection as well as routing: see tutorial 07).")
+    if moe.get("oracle_top1") is not None:
+        lines.append(f"Top-1 if every image went to its true superclass's expert (oracle): {moe['oracle_top1']:.2f}%.")
+    return lines
+
+
+__all__ = ["routing_summary", "RoutingAnalysis", "analyse", "analyse_model"]
