@@ -4,6 +4,7 @@
     python bench/study.py run --dry-run                                      # list the runs and commands
     python bench/study.py table                                              # bench/results/study/table.md
     python bench/study.py plots                                              # Δ vs factors, train/val curves
+    python bench/study.py flops-plot                                         # val top-1 vs MFLOPs per size and k
     python bench/study.py adopt base-seed0 --from runs/calibrated-seed0      # count a finished run made elsewhere
     python bench/study.py routing | paired                                   # from the runs' checkpoints: what
                                                                              # routing costs; Δ's val-sampling error
@@ -34,7 +35,8 @@ Output, one JSON per run in bench/results/study/: the run's factors and flags, t
 machine, wall time, both models' val top-1/top-5, FLOPs and parameters, Δ = MoE − dense, router accuracy,
 expert load, and the per-epoch history (train loss, train top-1, val top-1) of both stages. `table`
 writes a Markdown table (and a per-recipe summary over seeds); `plots` draws Δ against each factor and
-train/val curves per run with Pillow. Every number in them comes from these JSON files.
+train/val curves per run, `flops-plot` val top-1 against MFLOPs (dense, MoE k=1 and k=2 at each recorded
+model size), all with matplotlib (the `plots` extra). Every number in them comes from these JSON files.
 
 Adopting: a run trained outside the study (e.g. the calibrated pair of issue 7) can stand for a planned run
 when its recorded configuration is the one the run's flags describe; `adopt` checks that (every TrainConfig
