@@ -4,6 +4,7 @@
     python bench/study.py run --dry-run                                      # list the runs and commands
     python bench/study.py table                                              # bench/results/study/table.md
     python bench/study.py plots                                              # Δ vs factors, train/val curves
+    python bench/study.py flops-plot                                         # val top-1 vs MFLOPs per size and k
     python bench/study.py adopt base-seed0 --from runs/calibrated-seed0      # count a finished run made elsewhere
     python bench/study.py routing | paired                                   # from the runs' checkpoints: what
                                                                              # routing costs; Δ's val-sampling error
@@ -34,7 +35,8 @@ Output, one JSON per run in bench/results/study/: the run's factors and flags, t
 machine, wall time, both models' val top-1/top-5, FLOPs and parameters, Δ = MoE − dense, router accuracy,
 expert load, and the per-epoch history (train loss, train top-1, val top-1) of both stages. `table`
 writes a Markdown table (and a per-recipe summary over seeds); `plots` draws Δ against each factor and
-train/val curves per run with Pillow. Every number in them comes from these JSON files.
+train/val curves per run, `flops-plot` val top-1 against MFLOPs (dense, MoE k=1 and k=2 at each recorded
+model size), all with matplotlib (the `plots` extra). Every number in them comes from these JSON files.
 
 Adopting: a run trained outside the study (e.g. the calibrated pair of issue 7) can stand for a planned run
 when its recorded configuration is the one the run's flags describe; `adopt` checks that (every TrainConfig
@@ -65,8 +67,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe  # noqa: E402
@@ -736,55 +736,53 @@ def table(results: list[dict]) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# Plots (Pillow)
+# Plots (matplotlib, headless Agg backend; the optional `plots` extra)
 # --------------------------------------------------------------------------------------------------
-BLUE, RED, GREY = (31, 119, 180), (214, 39, 40), (150, 150, 150)
+BLUE, RED, GREY = "tab:blue", "tab:red", "0.6"
+PLOTS_HINT = 'bench/study.py draws its charts with matplotlib: pip install -e ".[plots]"'
+
+
+def _pyplot():
+    """matplotlib.pyplot on the headless Agg backend, imported only when a chart is drawn."""
+    try:
+        import matplotlib
+    except ImportError as exc:  # the plots extra is optional
+        raise ImportError(PLOTS_HINT) from exc
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 class Panel:
-    """One chart in a rectangle of an image: data -> pixel mapping, frame, ticks, lines, points."""
+    """One chart (a matplotlib Axes) with fixed data ranges: title, ticks, lines, points, error bars."""
 
-    def __init__(self, draw: ImageDraw.ImageDraw, box, x_range, y_range, title: str = "", y_label: str = ""):
-        self.draw, self.box = draw, box
-        (self.x0, self.x1), (self.y0, self.y1) = x_range, y_range
-        left, top, right, bottom = box
-        draw.rectangle(box, outline="black")
-        draw.text((left, top - 14), title, fill="black")
+    def __init__(self, ax, x_range, y_range, title: str = "", y_label: str = ""):
+        self.ax = ax
+        ax.set_xlim(*x_range)
+        ax.set_ylim(*y_range)
+        ax.set_title(title, fontsize=8, loc="left")
         if y_label:
-            draw.text((left - 44, top - 28), y_label, fill="black")
-        for i in range(5):
-            y = self.y0 + i * (self.y1 - self.y0) / 4
-            py = self.at(self.x0, y)[1]
-            draw.line([(left - 3, py), (left, py)], fill="black")
-            draw.text((left - 40, py - 6), f"{y:.1f}", fill="black")
-
-    def at(self, x: float, y: float) -> tuple[float, float]:
-        left, top, right, bottom = self.box
-        px = left + (x - self.x0) / max(self.x1 - self.x0, 1e-9) * (right - left)
-        py = bottom - (y - self.y0) / max(self.y1 - self.y0, 1e-9) * (bottom - top)
-        return px, py
+            ax.set_ylabel(y_label, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.25)
+        self._ticks: dict[float, str] = {}
 
     def x_tick(self, x: float, label: str) -> None:
-        px, _ = self.at(x, self.y0)
-        bottom = self.box[3]
-        self.draw.line([(px, bottom), (px, bottom + 3)], fill="black")
-        self.draw.text((px - 3 * len(label), bottom + 5), label, fill="black")
+        self._ticks[x] = label
+        ax = self.ax
+        ax.set_xticks(list(self._ticks), list(self._ticks.values()), fontsize=7)
 
-    def line(self, xs, ys, colour, dashed: bool = False, width: int = 2) -> None:
-        points = [self.at(x, y) for x, y in zip(xs, ys) if y is not None]
-        for a, b in zip(points, points[1:]):
-            if not dashed:
-                self.draw.line([a, b], fill=colour, width=width)
-                continue
-            steps = max(int(((b[0] - a[0]) ** 2 + (b[1] - a[1]) ** 2) ** 0.5 // 6), 1)
-            for s in range(0, steps, 2):  # every other 6-pixel piece
-                t0, t1 = s / steps, min((s + 1) / steps, 1.0)
-                self.draw.line([(a[0] + t0 * (b[0] - a[0]), a[1] + t0 * (b[1] - a[1])),
-                                (a[0] + t1 * (b[0] - a[0]), a[1] + t1 * (b[1] - a[1]))], fill=colour, width=width)
+    def line(self, xs, ys, colour, dashed: bool = False, width: float = 1.5, label: str | None = None) -> None:
+        points = [(x, y) for x, y in zip(xs, ys) if y is not None]
+        if points:
+            self.ax.plot(*zip(*points), "--" if dashed else "-", color=colour, linewidth=width, label=label)
 
-    def point(self, x: float, y: float, colour, radius: int = 4) -> None:
-        px, py = self.at(x, y)
-        self.draw.ellipse([px - radius, py - radius, px + radius, py + radius], fill=colour)
+    def point(self, x: float, y: float, colour, half: float = 0.0, size: float = 4) -> None:
+        """A dot at (x, y), with a grey error bar y ± half if half is given."""
+        if half:
+            self.ax.errorbar([x], [y], yerr=[half], fmt="none", ecolor=GREY, elinewidth=1, capsize=2, zorder=2)
+        self.ax.plot([x], [y], "o", color=colour, markersize=size, zorder=3)
 
 
 def _padded(lo: float, hi: float, pad: float = 0.1) -> tuple[float, float]:
@@ -792,10 +790,18 @@ def _padded(lo: float, hi: float, pad: float = 0.1) -> tuple[float, float]:
     return lo - pad * span, hi + pad * span
 
 
+def _save(fig, out: Path, **kwargs) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100, **kwargs)
+    _pyplot().close(fig)
+    return out
+
+
 def plot_deltas(results: list[dict], grid: dict, out: Path) -> Path:
     """One panel per factor: Δ of the runs that differ from the base in that factor only (and the base),
     one dot per seed with its 95% interval from the val images (after `paired`), a bar at the mean; the
     dashed line is Δ = 0 (MoE = dense)."""
+    plt = _pyplot()
     factors = list(grid["factors"])
     base_levels = {f: next(iter(v)) for f, v in grid["factors"].items()}
     by_factor = {}
@@ -812,15 +818,14 @@ def plot_deltas(results: list[dict], grid: dict, out: Path) -> Path:
     y_range = _padded(min(deltas), max(deltas))
     cols = 3
     rows = -(-len(factors) // cols)
-    w, h = 300, 220
-    img = Image.new("RGB", (cols * w + 40, rows * h + 40), "white")
-    draw = ImageDraw.Draw(img)
-    draw.text((10, 8), "MoE - dense top-1 on val (points; grey: 95% interval from the val images), one factor "
-                       "changed from the base recipe", fill="black")
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 3.0 + 0.4, rows * 2.2 + 0.6), squeeze=False)
+    fig.suptitle("MoE − dense top-1 on val (points; grey: 95% interval from the val images), one factor "
+                 "changed from the base recipe", fontsize=9)
+    for ax in axes.flat[len(factors):]:
+        ax.set_visible(False)
     for n, factor in enumerate(factors):
-        left, top = 60 + (n % cols) * w, 50 + (n // cols) * h
         levels = list(grid["factors"][factor])
-        panel = Panel(draw, (left, top, left + w - 80, top + h - 70), (-0.5, len(levels) - 0.5), y_range, factor)
+        panel = Panel(axes.flat[n], (-0.5, len(levels) - 0.5), y_range, factor, y_label="Δ top-1" if n % cols == 0 else "")
         panel.line([-0.5, len(levels) - 0.5], [0.0, 0.0], GREY, dashed=True, width=1)
         for i, level in enumerate(levels):
             panel.x_tick(i, level[:12])
@@ -828,16 +833,12 @@ def plot_deltas(results: list[dict], grid: dict, out: Path) -> Path:
             values = [d for d, _ in level_points]
             for n_seed, (d, half) in enumerate(level_points):
                 x = i + 0.1 * (n_seed - (len(level_points) - 1) / 2)  # seeds side by side
-                if half:
-                    draw.line([panel.at(x, d - half), panel.at(x, d + half)], fill=GREY, width=1)
-                panel.point(x, d, RED if d < 0 else BLUE, radius=3)
+                panel.point(x, d, RED if d < 0 else BLUE, half=half, size=4)
             if values:
                 mean = sum(values) / len(values)
-                a, b = panel.at(i - 0.25, mean), panel.at(i + 0.25, mean)
-                draw.line([a, b], fill="black", width=2)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    img.save(out)
-    return out
+                panel.line([i - 0.25, i + 0.25], [mean, mean], "black", width=2)
+    fig.tight_layout()
+    return _save(fig, out)
 
 
 def plot_curves(entry: dict, out: Path) -> Path:
@@ -852,26 +853,21 @@ def plot_curves(entry: dict, out: Path) -> Path:
     epochs = [e for *_, xs, _ in series for e in xs]
     if not values:
         raise ValueError(f"{entry['name']}: no per-epoch history to plot")
-    img = Image.new("RGB", (560, 360), "white")
-    draw = ImageDraw.Draw(img)
-    panel = Panel(draw, (60, 40, 420, 310), _padded(min(epochs), max(epochs), 0.02), _padded(min(values), max(values)),
+    plt = _pyplot()
+    fig = plt.figure(figsize=(5.6, 3.6))  # 560 x 360 pixels at dpi 100
+    ax = fig.add_axes((0.1, 0.14, 0.6, 0.76))
+    panel = Panel(ax, _padded(min(epochs), max(epochs), 0.02), _padded(min(values), max(values)),
                   f"{entry['name']}: top-1 (%) per epoch")
     for e in sorted(set(epochs)):
         if len(set(epochs)) <= 15 or e % 5 == 0:
             panel.x_tick(e, str(e))
-    for i, (label, colour, dashed, xs, ys) in enumerate(series):
-        panel.line(xs, ys, colour, dashed=dashed)
+    for label, colour, dashed, xs, ys in series:
+        panel.line(xs, ys, colour, dashed=dashed, label=label)
         if len(xs) == 1 and ys[0] is not None:
-            panel.point(xs[0], ys[0], colour, radius=3)
-        y = 50 + 18 * i  # the legend: a solid or dashed stroke and the series' name
-        strokes = [(432, 458)] if not dashed else [(432, 440), (446, 454)]
-        for a, b in strokes:
-            draw.line([(a, y), (b, y)], fill=colour, width=2)
-        draw.text((464, y - 6), label, fill=colour)
-    draw.text((200, 330), "epoch", fill="black")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    img.save(out)
-    return out
+            panel.point(xs[0], ys[0], colour, size=4)
+    ax.set_xlabel("epoch", fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+    return _save(fig, out)
 
 
 IMAGENET_1K_TRAIN = 1_281_167  # ImageNet-1k's training images, marked on the data-scale axis
@@ -891,6 +887,7 @@ def plot_data_scale(results: list[dict], out: Path) -> Path:
     runs = [r for r in results if r.get("train_images") and r.get("delta_top1") is not None]
     if not runs:
         raise ValueError("data-scale plot: no recorded run with train_images and delta_top1")
+    plt = _pyplot()
 
     def value(r, key):
         moe, dense = r.get("moe", {}), r.get("dense", {})
@@ -902,27 +899,24 @@ def plot_data_scale(results: list[dict], out: Path) -> Path:
             return None if moe.get("oracle_top1") is None else moe["oracle_top1"] - moe["top1"]
         return {"gap_dense": dense, "gap_moe": moe}[key].get("train_val_gap_clean")
 
-    panels = [("delta", "MoE - dense top-1 on val (points; grey: paired 95% interval)", [("delta", RED)]),
+    panels = [("delta", "MoE − dense top-1 on val (points; grey: paired 95% interval)", [("delta", RED)]),
               ("router", "router accuracy (% of val images sent to their superclass)", [("router", RED)]),
-              ("oracle", "oracle gain: MoE top-1 with a perfect router - MoE top-1", [("oracle", RED)]),
-              ("gap", "clean train - val top-1 (blue dense, red MoE)", [("gap_dense", BLUE), ("gap_moe", RED)])]
+              ("oracle", "oracle gain: MoE top-1 with a perfect router − MoE top-1", [("oracle", RED)]),
+              ("gap", "clean train − val top-1 (blue dense, red MoE)", [("gap_dense", BLUE), ("gap_moe", RED)])]
     xs = sorted({math.log2(r["train_images"]) for r in runs})
     x_mark = math.log2(IMAGENET_1K_TRAIN)
     x_range = (min(xs) - 0.5, max(max(xs), x_mark) + 0.5)
-    w, h = 460, 260
-    img = Image.new("RGB", (2 * w + 40, 2 * h + 60), "white")
-    draw = ImageDraw.Draw(img)
-    draw.text((10, 8), "Data scale: same recipe and optimizer steps, fewer unique training images (x: log2 images; "
-                       "dots: seeds, line: mean over seeds)", fill="black")
-    for n, (name, title, series) in enumerate(panels):
-        left, top = 70 + (n % 2) * w, 60 + (n // 2) * h
+    fig, axes = plt.subplots(2, 2, figsize=(9.6, 5.8))  # 960 x 580 pixels at dpi 100
+    fig.suptitle("Data scale: same recipe and optimizer steps, fewer unique training images "
+                 "(dots: seeds, line: mean over seeds)", fontsize=9)
+    for ax, (name, title, series) in zip(axes.flat, panels):
         ys = [value(r, key) for r in runs for key, _ in series if value(r, key) is not None]
         if name == "delta":
             ys += [r["delta_top1"] + sign * _half95(r.get("paired")) for r in runs for sign in (-1, 1)] + [0.0]
         if name in ("oracle", "gap"):
             ys += [0.0]
         y_range = _padded(min(ys), max(ys)) if ys else (0.0, 1.0)
-        panel = Panel(draw, (left, top, left + w - 90, top + h - 75), x_range, y_range, title)
+        panel = Panel(ax, x_range, y_range, title)
         if name in ("delta", "oracle", "gap"):
             panel.line(list(x_range), [0.0, 0.0], GREY, dashed=True, width=1)
         panel.line([x_mark, x_mark], list(y_range), GREY, dashed=True, width=1)
@@ -936,16 +930,81 @@ def plot_data_scale(results: list[dict], out: Path) -> Path:
                 for i, r in enumerate(at_x):
                     xi = x + 0.08 * (i - (len(at_x) - 1) / 2)  # seeds side by side
                     half = _half95(r.get("paired")) if key == "delta" else 0.0
-                    if half:
-                        draw.line([panel.at(xi, value(r, key) - half), panel.at(xi, value(r, key) + half)],
-                                  fill=GREY, width=1)
-                    panel.point(xi, value(r, key), colour, radius=3)
+                    panel.point(xi, value(r, key), colour, half=half, size=4)
                 means.append(sum(value(r, key) for r in at_x) / len(at_x) if at_x else None)
             panel.line(xs, means, colour)
-        draw.text((left + (w - 90) // 2 - 60, top + h - 55), "unique training images (log2)", fill="black")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    img.save(out)
-    return out
+        ax.set_xlabel("unique training images (log2 scale)", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def _size(config: dict) -> str:
+    return f"{config['layers']}×{config['dim']}"
+
+
+def flops_points(results: list[dict]) -> list[dict]:
+    """The points of the accuracy-vs-FLOPs figure, from recorded runs of the base recipe at any model size
+    and k (runs whose changed factors are among `size` and `k` only): one per dense model (size, seed)
+    and one per MoE run, each {model, size, k, seed, mflops, top1, half95 (MoE: its paired Δ interval)}."""
+    points, dense_seen = [], set()
+    for r in results:
+        if set(r.get("changed", {})) - {"size", "k"} or "dense" not in r or "moe" not in r:
+            continue
+        dense, moe = r["dense"], r["moe"]
+        size = _size(moe["config"])
+        if (size, r["seed"]) not in dense_seen and dense.get("flops"):
+            dense_seen.add((size, r["seed"]))
+            points.append({"model": "dense", "size": size, "k": None, "seed": r["seed"], "run": r["name"],
+                           "mflops": dense["flops"] / 1e6, "top1": dense["top1"], "half95": 0.0})
+        if moe.get("flops"):
+            points.append({"model": "moe", "size": size, "k": moe["config"]["k"], "seed": r["seed"], "run": r["name"],
+                           "mflops": moe["flops"] / 1e6, "top1": moe["top1"], "half95": _half95(r.get("paired"))})
+    return points
+
+
+def plot_top1_vs_flops(results: list[dict], out: Path) -> Path:
+    """Val top-1 against MFLOPs per image, dense and MoE (k=1, k=2) at each recorded model size: one dot per
+    run (seed), labelled; a MoE dot's grey bar is its paired 95% interval for Δ (val sampling only, after
+    `paired`), drawn around its top-1; lines join the means over seeds across sizes."""
+    points = flops_points(results)
+    if not points:
+        raise ValueError("top-1 vs FLOPs: no recorded run of the base recipe (changing only size and k)")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.2, 4.6))
+    styles = {("dense", None): (GREY, "s", "dense")}
+    for k, colour in zip(sorted({p["k"] for p in points if p["model"] == "moe"}), (BLUE, RED, "tab:green", "tab:purple")):
+        styles[("moe", k)] = (colour, "o", f"MoE k={k}")
+    for (model, k), (colour, marker, name) in styles.items():
+        mine = sorted((p for p in points if p["model"] == model and p["k"] == k), key=lambda p: (p["mflops"], p["seed"]))
+        sizes = sorted({p["size"] for p in mine}, key=lambda s: min(p["mflops"] for p in mine if p["size"] == s))
+        means = [(sum(p["mflops"] for p in mine if p["size"] == s) / sum(p["size"] == s for p in mine),
+                  sum(p["top1"] for p in mine if p["size"] == s) / sum(p["size"] == s for p in mine)) for s in sizes]
+        ax.plot(*zip(*means), "-", color=colour, alpha=0.5, linewidth=1)
+        for i, p in enumerate(mine):
+            same = [q for q in mine if q["size"] == p["size"]]
+            x = p["mflops"] * (1 + 0.025 * (same.index(p) - (len(same) - 1) / 2))  # seeds side by side
+            if p["half95"]:
+                ax.errorbar([x], [p["top1"]], yerr=[p["half95"]], fmt="none", ecolor=colour, alpha=0.4,
+                            elinewidth=1, capsize=2)
+            ax.plot([x], [p["top1"]], marker, color=colour, markersize=5, label=name if i == 0 else None, zorder=3)
+        for s in sizes:  # one label per size: every seed's top-1
+            same = [p for p in mine if p["size"] == s]
+            text = f"{s} {name}: " + " / ".join(f"{p['top1']:.2f}" for p in same)
+            text += f" (seed {' / '.join(str(p['seed']) for p in same)})"
+            above = model == "dense"
+            ax.annotate(text, (max(p["mflops"] for p in same), sum(p["top1"] for p in same) / len(same)), fontsize=6,
+                        color=colour, xytext=(8, 6 if above else -12 - 6 * (k - 1)), textcoords="offset points",
+                        ha="right" if s == sizes[-1] and len(sizes) > 1 else "left")
+    ax.set_xlabel("MFLOPs per image", fontsize=8)
+    ax.set_ylabel("val top-1 (%)", fontsize=8)
+    ax.set_title("Val top-1 vs FLOPs: dense and MoE at each recorded size (bars: MoE's paired 95% interval "
+                 "for Δ, around its top-1)", fontsize=8, loc="left")
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.25)
+    ax.margins(x=0.12)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return _save(fig, out)
 
 
 def plots(results: list[dict], grid: dict, results_dir: Path) -> list[Path]:
@@ -999,6 +1058,8 @@ def main(argv=None) -> int:
     sub.add_parser("table", help="write the results table (Markdown) to RESULTS/table.md and print it")
     sub.add_parser("plots", help="draw Δ vs each factor and train/val curves per run (and, for a grid with a "
                                  "train-fraction factor, the data-scale figure)")
+    sub.add_parser("flops-plot", help="draw val top-1 vs MFLOPs, dense and MoE at each recorded model size and k, "
+                                      "to RESULTS/top1_vs_flops.png")
     args = parser.parse_args(argv)
     name, grid = _grid(args)
     if args.results is None:
@@ -1035,6 +1096,8 @@ def main(argv=None) -> int:
         args.results.mkdir(parents=True, exist_ok=True)
         (args.results / "table.md").write_text(text)
         print(text)
+    elif args.cmd == "flops-plot":
+        print(plot_top1_vs_flops(results, args.results / "top1_vs_flops.png"))
     else:
         for path in plots(results, grid, args.results):
             print(path)

@@ -76,3 +76,33 @@ def test_report_of_a_missing_run_is_one_line(tmp_path, capsys):
 
     assert main([str(tmp_path)]) == 2
     assert "no results.json" in capsys.readouterr().err
+
+
+def test_report_draws_the_images_each_expert_receives(tmp_path):
+    """`--images` on a tiny trained run: the data comes back from the checkpoint's metadata, every val image
+    is routed once (the load the training command recorded), and each row holds images its expert got."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from tinymoe.checkpoint import load_model
+    from tinymoe.pipeline import load_splits
+    from tinymoe.report import draw_expert_images, main
+
+    pytest.importorskip("matplotlib", reason='pip install -e ".[plots]"')  # the rest of the report's charts
+    run = tmp_path / "run"
+    subprocess.run([sys.executable, "-m", "tinymoe.train", "--layers", "2", "--dim", "16", "--heads", "2",
+                    "--experts", "3", "--moe-layers", "1", "--patch-size", "8", "--data", "synthetic", "--epochs", "1",
+                    "--threads", "1", "--out", str(run)], check=True, capture_output=True)
+    assert main([str(run), "--images", "--per-expert", "4"]) == 0
+    picture = Image.open(run / "report" / "expert_images.png")
+    assert picture.height > 3 * 64 and "![expert_images.png]" in (run / "report" / "report.md").read_text()
+    checkpoint = run / "moe-superclass" / "model.npz"
+    splits = load_splits("synthetic", experts=3)
+    drawn = draw_expert_images(checkpoint, tmp_path / "grid.png", per_expert=4, splits=splits)
+    recorded = json.loads((run / "results.json").read_text())["moe"]["routing"]["load"]
+    assert drawn["load"] == recorded and sum(recorded) == splits.val_images.shape[0]
+    experts = analyse_model(load_model(checkpoint), splits.val_images, splits.val_labels).experts
+    for e, row in enumerate(drawn["rows"]):
+        assert len(row) == min(4, recorded[e]) and all(experts[i] == e for i in row)

@@ -12,6 +12,12 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 import study  # noqa: E402
 
+PLOTS = 'pip install -e ".[plots]"'  # the charts need matplotlib (the optional `plots` extra)
+
+
+def needs_matplotlib():
+    pytest.importorskip("matplotlib", reason=PLOTS)
+
 
 def test_plan_one_at_a_time_and_full_designs():
     grid = {"base": {"epochs": 1, "k": 1}, "seeds": [0, 3],
@@ -110,6 +116,7 @@ def test_a_two_run_grid_on_synthetic_data(tmp_path, monkeypatch, capsys):
         study.main(args + ["paired", "--runs-dir", str(runs), "--force"])
     assert json.loads(files[0].read_text()) == tampered
     files[0].write_text(json.dumps({**tampered, "moe": {**tampered["moe"], "top1": base["moe"]["top1"]}}))
+    needs_matplotlib()
     assert study.main(args + ["plots"]) == 0
     assert Image.open(results / "delta_vs_factors.png").size[0] > 300
     assert Image.open(results / "curves" / "base-seed0.png").size == (560, 360)
@@ -222,6 +229,7 @@ def _fabricated(name, images, seed, delta, half, router, oracle_gain, gaps):
 
 
 def test_the_data_scale_plot_from_minimal_records(tmp_path):
+    needs_matplotlib()
     entries = [_fabricated(f"r{i}-seed{seed}", images, seed, 0.5 - i * 0.3 + seed * 0.1, 1.0, 50 - i, 2.5, (3 + i, 5 + i))
                for i, images in enumerate((90000, 45000, 22600, 11200)) for seed in (0, 1)]
     entries[-1]["moe"].pop("train_val_gap_clean")  # not measured yet: drawn without it
@@ -234,3 +242,41 @@ def test_the_data_scale_plot_from_minimal_records(tmp_path):
     assert len(picture.convert("RGB").getcolors(maxcolors=10**6)) > 3  # something was drawn
     with pytest.raises(ValueError, match="no recorded run"):
         study.plot_data_scale([], tmp_path / "none.png")
+
+
+def _sized(name, seed, dim, k, dense_top1, moe_top1, half=None):
+    """A minimal recorded run at one model size and k (fabricated numbers: a test fixture only)."""
+    entry = {"name": name, "grid": "tiny-imagenet", "seed": seed, "changed": {"size": f"6x{dim}"} if dim != 64 else {},
+             "delta_top1": moe_top1 - dense_top1, "train_config": {"epochs": 1},
+             "dense": {"top1": dense_top1, "flops": dim * 190_000},
+             "moe": {"top1": moe_top1, "flops": dim * 190_000 * (1 + 0.2 * (k - 1)),
+                     "config": {"layers": 6, "dim": dim, "k": k}}}
+    if k == 2:
+        entry["changed"]["k"] = "2"
+    if half is not None:
+        entry["paired"] = {"delta": moe_top1 - dense_top1, "ci95": [moe_top1 - dense_top1 - half, moe_top1 - dense_top1 + half]}
+    return entry
+
+
+def test_top1_vs_flops_from_minimal_records(tmp_path):
+    entries = [_sized("base-seed0", 0, 64, 1, 25.0, 25.2, half=1.0), _sized("base-seed1", 1, 64, 1, 25.1, 25.0),
+               _sized("k=2-seed0", 0, 64, 2, 25.0, 25.5, half=0.9), _sized("size=6x96-seed0", 0, 96, 1, 26.7, 26.4),
+               _sized("size=6x96,k=2-seed0", 0, 96, 2, 26.7, 26.9, half=1.1)]
+    other = _sized("epochs=30-seed0", 0, 64, 1, 27.6, 25.9)
+    other["changed"] = {"epochs": "30"}  # another recipe: not on this figure
+    for entry in entries + [other]:
+        (tmp_path / f"{entry['name']}.json").write_text(json.dumps(entry))
+    points = study.flops_points(study.load_results(tmp_path))
+    # One dense point per (size, seed), one MoE point per run; every number from the files.
+    dense = sorted((p["size"], p["seed"], p["top1"], p["mflops"]) for p in points if p["model"] == "dense")
+    assert dense == [("6×64", 0, 25.0, 12.16), ("6×64", 1, 25.1, 12.16), ("6×96", 0, 26.7, 18.24)]
+    moe = {(p["size"], p["k"], p["seed"]): (p["top1"], p["half95"]) for p in points if p["model"] == "moe"}
+    assert moe == {("6×64", 1, 0): (25.2, pytest.approx(1.0)), ("6×64", 1, 1): (25.0, 0.0),
+                   ("6×64", 2, 0): (25.5, pytest.approx(0.9)), ("6×96", 1, 0): (26.4, 0.0),
+                   ("6×96", 2, 0): (26.9, pytest.approx(1.1))}
+    needs_matplotlib()
+    assert study.main(["--results", str(tmp_path), "flops-plot"]) == 0
+    picture = Image.open(tmp_path / "top1_vs_flops.png")
+    assert picture.size == (720, 460) and len(picture.convert("RGB").getcolors(maxcolors=10**6)) > 3
+    with pytest.raises(ValueError, match="no recorded run"):
+        study.plot_top1_vs_flops([other], tmp_path / "none.png")

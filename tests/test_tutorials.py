@@ -21,6 +21,8 @@ IMAGE_LINK = re.compile(r"!\[[^\]]*\]\((images/[^)\s]+)\)")
 
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=[c.stem for c in CHAPTERS])
 def test_chapter_runs_and_its_outputs_match(chapter, tmp_path):
+    if "import matplotlib" in chapter.read_text(encoding="utf-8"):  # its charts: the optional plots extra
+        pytest.importorskip("matplotlib", reason='pip install -e ".[plots]"')
     work = tmp_path / "tutorials"
     shutil.copytree(TUTORIALS, work, ignore=shutil.ignore_patterns("images", "__pycache__"))
     (work / "images").mkdir()

@@ -9,6 +9,9 @@ The report is a folder of pictures and a short Markdown summary:
     curves.png             train and val loss, and top-1, per epoch, dense vs MoE: overfitting shows as
                            a train curve that keeps improving while val stalls
     report.md              the numbers: top-1, Δ, router accuracy, load, accuracy per expert, entropy
+    expert_images.png      with --images: one row per expert of val images it received, labelled with its
+                           load and most common superclasses (routes the val images through RUN's MoE
+                           checkpoint; the data is rebuilt from the checkpoint's metadata, or --data)
 
 Charts are drawn with matplotlib (headless Agg backend): `pip install "tinymoe[plots]"`.
 """
@@ -117,6 +120,67 @@ def draw_curves(histories: dict[str, list[dict]], path: Path) -> None:
     plt.close(fig)
 
 
+def _short(name: str) -> str:
+    return name.split(",")[0].strip() or name
+
+
+def moe_checkpoint(run: Path) -> Path:
+    """The MoE checkpoint of a run folder (RUN/moe-*/model.npz), or `run` itself if it is a checkpoint."""
+    run = Path(run)
+    if run.is_file():
+        return run
+    found = sorted(run.glob("moe-*/model.npz"))
+    if not found:
+        raise FileNotFoundError(f"{run} has no moe-*/model.npz: is it a run folder of python -m tinymoe.train?")
+    return found[0]
+
+
+def draw_expert_images(checkpoint, path: Path, data: str | None = None, per_expert: int = 8, zoom: int = 2,
+                       seed: int = 0, splits=None) -> dict:
+    """Route the val images through a per-image MoE checkpoint and draw one row per expert: `per_expert`
+    val images it received (a seeded sample), labelled with the expert's index, its load (images and
+    share) and its most common true superclasses, each named by its first classes. The data is rebuilt
+    from the checkpoint's metadata (`load_splits(**metadata["data"])`) unless `data` (a --data value) or
+    `splits` is given. Returns {"load": [...], "rows": [[val indices], ...]}."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from tinymoe.checkpoint import load_checkpoint, load_model
+    from tinymoe.pipeline import load_splits
+    from tinymoe.routing_analysis import analyse_model
+
+    model = load_model(checkpoint)
+    if splits is None:
+        splits = load_splits(data) if data else load_splits(**load_checkpoint(checkpoint).metadata["data"])
+    routing = analyse_model(model, splits.val_images, splits.val_labels)
+    groups = np.asarray(model.class_to_group, np.int64)
+    names = [", ".join(_short(splits.classes[c]) for c in np.flatnonzero(groups == g)[:2]) for g in range(groups.max() + 1)]
+    rng = np.random.default_rng(seed)
+    images = splits.val_images
+    side = images.shape[1] * zoom
+    label_h, left = 30, 4
+    width = max(per_expert * (side + 2) + left, 420)
+    canvas = Image.new("RGB", (width, routing.num_experts * (side + label_h) + 4), "white")
+    pen = ImageDraw.Draw(canvas)
+    total = max(routing.experts.size, 1)
+    rows = []
+    for e in range(routing.num_experts):
+        received = np.flatnonzero(routing.experts == e)
+        chosen = np.sort(rng.choice(received, size=min(per_expert, received.size), replace=False))
+        rows.append(chosen.tolist())
+        top = e * (side + label_h) + 2
+        counts = np.bincount(routing.superclasses[received], minlength=len(names))
+        common = [g for g in np.argsort(-counts, kind="stable")[:2] if counts[g]]
+        supers = "; ".join(f"super {g} ({names[g]}) {100 * counts[g] / received.size:.0f}%" for g in common)
+        pen.text((left, top), f"expert {e}: {received.size} images ({100 * received.size / total:.0f}%)", fill="black")
+        pen.text((left, top + 13), supers or "no images", fill=(90, 90, 90))
+        for n, index in enumerate(chosen):
+            tile = Image.fromarray(images[index]).resize((side, side), Image.NEAREST)
+            canvas.paste(tile, (left + n * (side + 2), top + label_h - 2))
+    canvas.save(path)
+    return {"load": routing.load.tolist(), "rows": rows}
+
+
 def summary_markdown(results: dict, pictures: list[str]) -> str:
     dense, moe = results.get("dense"), results.get("moe")
     lines = ["# Run report", "", "| model | top-1 | top-5 | FLOPs | params (active) |", "| --- | --- | --- | --- | --- |"]
@@ -142,13 +206,17 @@ def summary_markdown(results: dict, pictures: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def make_report(run, out=None) -> list[Path]:
-    """Draw the report of `run` into `out` (default RUN/report, or report-NAME beside a JSON); return its files."""
+def make_report(run, out=None, images: bool = False, data: str | None = None, per_expert: int = 8) -> list[Path]:
+    """Draw the report of `run` into `out` (default RUN/report, or report-NAME beside a JSON); return its files.
+    With `images` (a run folder only), also the grid of val images each expert receives."""
     run = Path(run)
     results, histories = load_run(run)
     out = Path(out) if out else (run / "report" if run.is_dir() else run.parent / f"report-{run.stem}")
     out.mkdir(parents=True, exist_ok=True)
     pictures = []
+    if images:
+        draw_expert_images(moe_checkpoint(run), out / "expert_images.png", data=data, per_expert=per_expert)
+        pictures.append("expert_images.png")
     routing = (results.get("moe") or {}).get("routing")
     if routing:
         draw_router_confusion(routing, out / "router_confusion.png")
@@ -164,9 +232,13 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m tinymoe.report", description=__doc__.splitlines()[0])
     p.add_argument("run", type=Path, help="a run folder of python -m tinymoe.train, or a results JSON with histories")
     p.add_argument("--out", type=Path, default=None, help="where to write the report (default: RUN/report)")
+    p.add_argument("--images", action="store_true",
+                   help="also draw the val images each expert receives (routes them through RUN's MoE checkpoint)")
+    p.add_argument("--data", default=None, help="with --images: the dataset (default: the checkpoint's own)")
+    p.add_argument("--per-expert", type=int, default=8, help="with --images: images per expert (default 8)")
     args = p.parse_args(argv)
     try:
-        files = make_report(args.run, args.out)
+        files = make_report(args.run, args.out, images=args.images, data=args.data, per_expert=args.per_expert)
     except (FileNotFoundError, json.JSONDecodeError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
