@@ -3,6 +3,7 @@ and Numba kernels), PyTorch eager and onnxruntime, with one thread and with two.
 
     python bench/latency.py                      # the full grid -> bench/results/latency.json (a few minutes)
     python bench/latency.py --table              # the README table from the saved JSON
+    python bench/latency.py --plot               # bench/results/latency.png from the saved JSON (matplotlib)
     python bench/latency.py --sizes tiny --runs 3 --no-save --json    # smoke run
 
 The paper's claim is that a per-image MoE costs at inference what its dense twin costs (one router, then
@@ -227,8 +228,7 @@ def run_grid(args) -> dict:
         "machine": describe(),
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
-        "contaminated": "the machine was running other jobs (see the load averages): absolute times are inflated "
-                        "and noisy; compare rows measured side by side, not with other runs",
+        "conditions": args.conditions,
         "wall_seconds": round(time.time() - start, 1),
         "warmup": args.warmup,
         "rows": rows,
@@ -259,6 +259,42 @@ def table(result: dict, threads=None) -> str:
     return "\n".join(lines)
 
 
+def plot(result: dict, out: Path, threads: int = 1) -> Path:
+    """One panel per (size, image): p50 latency (bar) and p90 (whisker) of every variant on every backend,
+    at `threads` threads, with the weight bytes one image reads under each variant's name."""
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise ImportError(f"--plot draws with matplotlib ({e}); install it with pip install -e '.[plots]'") from e
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result["rows"] if r["threads"] == threads]
+    panels = sorted({(r["size"], r["image"]) for r in rows}, key=lambda p: (p[0] != "6x64", p[1] != "64/16"))
+    backends = [b for b in BACKENDS if any(r["backend"] == b for r in rows)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for ax, (size, image) in zip(axes[0], panels):
+        cell = {(r["variant"], r["backend"]): r for r in rows if (r["size"], r["image"]) == (size, image)}
+        variants = [v for v in VARIANTS if any(key[0] == v for key in cell)]
+        width = 0.8 / len(backends)
+        for j, backend in enumerate(backends):
+            xs = [i + (j - (len(backends) - 1) / 2) * width for i in range(len(variants))]
+            p50 = [cell[(v, backend)]["p50_ms"] if (v, backend) in cell else float("nan") for v in variants]
+            p90 = [cell[(v, backend)]["p90_ms"] if (v, backend) in cell else float("nan") for v in variants]
+            ax.bar(xs, p50, width, label=backend)
+            ax.plot(xs, p90, linestyle="none", marker="_", color="black", markersize=7)
+        mb = {v: next(r["weight_bytes_touched"] for key, r in cell.items() if key[0] == v) / 1e6 for v in variants}
+        ax.set_xticks(range(len(variants)), [f"{v}\n{mb[v]:.2f} MB" for v in variants], fontsize=7)
+        ax.set_title(f"{size}, {image} px/patch", fontsize=9)
+        ax.set_ylabel("ms per image (p50; p90 marked)", fontsize=8)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"batch-1 latency, {threads} thread(s); weights read per image under each variant", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="batch-1 latency of dense, per-image MoE and token-routed MoE")
     parser.add_argument("--sizes", nargs="+", default=["6x64", "12x192"], choices=sorted(SIZES))
@@ -271,9 +307,12 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--no-save", action="store_true")
+    parser.add_argument("--conditions", default="not stated",
+                        help="what else the machine was doing (recorded in the JSON beside the load averages)")
     parser.add_argument("--json", action="store_true", help="print the result JSON")
     parser.add_argument("--table", action="store_true", help="print the markdown table of the saved JSON")
     parser.add_argument("--table-threads", nargs="+", type=int, default=None, help="only these thread counts")
+    parser.add_argument("--plot", action="store_true", help="draw bench/results/latency.png from the saved JSON")
     # worker-only
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--size", help=argparse.SUPPRESS)
@@ -286,6 +325,9 @@ def main(argv=None):
         return 0
     if args.table:
         print(table(json.loads(Path(args.out).read_text()), args.table_threads))
+        return 0
+    if args.plot:
+        print(plot(json.loads(Path(args.out).read_text()), Path(args.out).with_suffix(".png")))
         return 0
     result = run_grid(args)
     if not args.no_save:
