@@ -87,17 +87,6 @@ def _percentiles(times):
             "mean_ms": float(ms.mean()), "min_ms": float(ms.min()), "runs": len(times)}
 
 
-def _time(fn, warmup, runs):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
-
-
 def weight_bytes(model, image) -> tuple[int, int]:
     """(every parameter's bytes, the bytes one image reads), from a tinymoe forward of that image."""
     import numpy as np
@@ -120,6 +109,8 @@ def weight_bytes(model, image) -> tuple[int, int]:
 
 
 def worker(args) -> list[dict]:
+    from machine import timed_calls  # bench/machine.py (this script's folder is on sys.path)
+
     import numpy as np
 
     threads = args.threads
@@ -181,7 +172,7 @@ def worker(args) -> list[dict]:
                 def call():
                     model.run(["logits"], {"images": image})
 
-            times = _time(call, args.warmup, args.runs)
+            times = timed_calls(call, args.warmup, args.runs)
             peak = _kb("VmHWM")
             rows.append({**common, "backend": backend, **_percentiles(times),
                          "peak_rss_delta_mb": round((peak - rss0) / 1024, 1),

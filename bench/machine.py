@@ -32,16 +32,21 @@ THREAD_VARS = (
 )
 
 
-def median_seconds(fn, repeats: int = 7, warmup: int = 2) -> float:
-    """Median wall time of `fn()` over `repeats` calls, after `warmup` calls that are not timed."""
+def timed_calls(fn, warmup: int, runs: int) -> list[float]:
+    """Wall times (s) of `runs` calls of `fn()`, one by one, after `warmup` calls that are not timed."""
     for _ in range(warmup):
         fn()
     times = []
-    for _ in range(repeats):
+    for _ in range(runs):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    return times
+
+
+def median_seconds(fn, repeats: int = 7, warmup: int = 2) -> float:
+    """Median wall time of `fn()` over `repeats` calls, after `warmup` calls that are not timed."""
+    return float(np.median(timed_calls(fn, warmup, repeats)))
 
 
 def gemm_rates(repeats: int = 7) -> dict[str, float]:

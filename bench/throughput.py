@@ -65,17 +65,6 @@ def _batch(args):
     return images, labels
 
 
-def _time_steps(step, warmup: int, steps: int) -> list[float]:
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return times
-
-
 # ----------------------------------------------------------------------------------------------------
 # The two workers (each runs in its own subprocess)
 # ----------------------------------------------------------------------------------------------------
@@ -100,6 +89,8 @@ def use_fused_ops() -> None:
 
 
 def worker_tinymoe(args) -> dict:
+    from machine import timed_calls  # bench/machine.py (this script's folder is on sys.path)
+
     import numpy as np
 
     from tinymoe import kernels
@@ -134,7 +125,7 @@ def worker_tinymoe(args) -> dict:
     def train_step():
         trainer.train_step(images, labels, 1e-3)
 
-    train_times = _time_steps(train_step, args.warmup, args.steps)
+    train_times = timed_calls(train_step, args.warmup, args.steps)
     peak = _peak_rss_mb()
     model.eval()
     pool = ShardPool(args.shards)
@@ -146,7 +137,7 @@ def worker_tinymoe(args) -> dict:
     def infer_step():
         pool.run(infer_shard, pool.bounds(args.batch))
 
-    infer_times = _time_steps(infer_step, args.warmup, args.steps)
+    infer_times = timed_calls(infer_step, args.warmup, args.steps)
     pool.close()
     return {
         "train_step_s": train_times,
@@ -158,6 +149,8 @@ def worker_tinymoe(args) -> dict:
 
 
 def worker_torch(args) -> dict:
+    from machine import timed_calls  # bench/machine.py (this script's folder is on sys.path)
+
     import numpy as np
     import torch
 
@@ -186,7 +179,7 @@ def worker_torch(args) -> dict:
         loss_fn(model(x), y, superclass).backward()
         optimizer.step()
 
-    train_times = _time_steps(train_step, args.warmup, args.steps)
+    train_times = timed_calls(train_step, args.warmup, args.steps)
     peak = _peak_rss_mb()
     model.eval()
 
@@ -194,7 +187,7 @@ def worker_torch(args) -> dict:
         with torch.inference_mode():
             model(x)
 
-    infer_times = _time_steps(infer_step, args.warmup, args.steps)
+    infer_times = timed_calls(infer_step, args.warmup, args.steps)
     return {
         "train_step_s": train_times,
         "infer_step_s": infer_times,
