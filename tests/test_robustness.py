@@ -156,25 +156,27 @@ def test_ctrl_c_at_a_stage_boundary_stops_the_run(tmp_path):
 
 
 def test_kill_9_during_training_then_resume_loses_nothing_saved(tmp_path):
-    proc = start_train(tmp_path, "--model", "dense", "--epochs", "4", "-b", "64")
+    epochs, after = 10, random.choice([1, 2, 3])  # kill in a random epoch among the first few...
+    proc = start_train(tmp_path, "--model", "dense", "--epochs", str(epochs), "-b", "64")
     for line in proc.stdout:
-        if line.startswith("epoch 1 "):
+        if line.startswith(f"epoch {after} "):
             break
-    time.sleep(random.uniform(0.0, 0.8))  # somewhere in epoch 2, maybe inside a checkpoint write
-    proc.kill()
+    time.sleep(random.uniform(0.0, 0.03))  # ...at a random point in it, maybe inside a checkpoint write
+    proc.kill()  # (epochs enough that a fast machine cannot finish the run in between)
     proc.wait()
+    assert not (tmp_path / "dense" / "model.npz").exists(), "the run finished before the kill: nothing was tested"
     saved = tmp_path / "dense" / "last.npz"
     with np.load(saved, allow_pickle=False) as z:  # an atomic write: the old file or the new one, whole
         assert "__metadata__" in z.files
     from tinymoe.checkpoint import load_checkpoint
 
     step = load_checkpoint(saved).state["step"]
-    assert step >= 15  # epoch 1 (15 steps of 64 on 972 images) was saved
-    done = train(tmp_path, "--model", "dense", "--epochs", "4", "-b", "64", "--resume")
+    assert step >= 15 * after  # the epochs logged (15 steps of 64 on 972 images each) were saved
+    done = train(tmp_path, "--model", "dense", "--epochs", str(epochs), "-b", "64", "--resume")
     assert done.returncode == 0, done.stderr
     assert "resuming from" in done.stdout
     history = load_checkpoint(tmp_path / "dense" / "model.npz").metadata["history"]
-    assert [row["epoch"] for row in history] == [1, 2, 3, 4]
+    assert [row["epoch"] for row in history] == list(range(1, epochs + 1))
     assert not no_temporaries(tmp_path)
     assert_all_finite(tmp_path)
 
@@ -204,9 +206,13 @@ def test_a_second_run_into_the_same_out_is_refused_at_once(tmp_path):
     for line in first.stdout:
         if line.startswith("[dense] training"):
             break
-    started = time.perf_counter()
-    refused(train(tmp_path, "--model", "dense", "--epochs", "3", "-b", "64"), "in use by process", "--out")
-    assert time.perf_counter() - started < 30
+    first.send_signal(signal.SIGSTOP)  # hold it mid-run, lock taken, however fast the machine
+    try:
+        started = time.perf_counter()
+        refused(train(tmp_path, "--model", "dense", "--epochs", "3", "-b", "64"), "in use by process", "--out")
+        assert time.perf_counter() - started < 30
+    finally:
+        first.send_signal(signal.SIGCONT)
     first.communicate(timeout=120)
     assert first.returncode == 0
     assert (tmp_path / "dense" / "model.npz").exists()
