@@ -129,7 +129,7 @@ GRIDS = {
     # The MoE uses base seed 0's superclasses (bench/results/study/superclasses-base-seed0.json, recomputed from
     # that run's dense model) instead of its own dense model's, so the dense and the MoE of a pair can train
     # side by side (`train --model dense` and `--model moe` into the same run folder, one thread each); `run`
-    # then finds both stages finished, evaluates and records. Results go to bench/results/long/ (--results).
+    # then finds both stages finished, evaluates and records. Results go to bench/results/long/.
     # Stop rule, fixed before the run: if seed 0's MoE trails dense at 5 consecutive evaluations after epoch
     # 60, seed 1 is not run.
     "long": {
@@ -142,6 +142,8 @@ GRIDS = {
         "factors": {},
         "combinations": [],
         "seeds": [0, 1],
+        "results": "long",  # bench/results/long/base-seed0.json: no clash with the main study's base-seed0
+        "runs_dir": "runs/long",
     },
     # Issue 15, the data-scale curve: the tiny-imagenet grid's base recipe on 100%, 50%, 25%, 12.5% of each
     # class's training images (--train-fraction: seeded, nested, the held-out split unchanged), everything
