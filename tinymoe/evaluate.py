@@ -94,10 +94,11 @@ def main(argv=None) -> int:
     from tinymoe.checkpoint import CheckpointError
     from tinymoe.data import DatasetFormatError, DatasetNotFoundError, ImageDecodeError, UnsafePickleError
     from tinymoe.models import ConfigError
+    from tinymoe.training import TrainingInterrupted
 
     expected = (CheckpointError, ConfigError, DatasetFormatError, DatasetNotFoundError, ImageDecodeError,
                 UnsafePickleError, ValueError)
-    return report_errors(expected, args.debug, lambda: _evaluate(args, shards))
+    return report_errors(expected, args.debug, lambda: _evaluate(args, shards), stopped=(TrainingInterrupted,))
 
 
 def _evaluate(args, shards) -> None:

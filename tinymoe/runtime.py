@@ -125,14 +125,13 @@ def setup_process(threads: int | None, shard: bool = True) -> int:
     return shards
 
 
-def report_errors(expected: tuple, debug: bool, work) -> int:
+def report_errors(expected: tuple, debug: bool, work, stopped: tuple = ()) -> int:
     """Run `work()` and turn what can go wrong into exit codes and one-line messages (tracebacks only with
-    --debug): 0 done, 2 an error the message explains, 130 stopped by Ctrl-C (its state saved), 1 a bug."""
-    from tinymoe.training import TrainingInterrupted
-
+    --debug): 0 done, 2 an error the message explains (`expected`), 130 stopped by Ctrl-C with its state
+    saved (`stopped`, e.g. tinymoe.training.TrainingInterrupted), 1 a bug."""
     try:
         work()
-    except TrainingInterrupted as stop:
+    except stopped as stop:
         print(f"\n{stop}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:  # a second Ctrl-C: abort now; what was saved before stays valid

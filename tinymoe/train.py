@@ -181,7 +181,7 @@ def main(argv=None) -> int:
     from tinymoe.atomic import DirectoryLocked
     from tinymoe.pipeline import PipelineOptions, StageMismatch, load_splits, run_pipeline
     from tinymoe.superclasses import SuperclassFileError
-    from tinymoe.training import TrainingDiverged
+    from tinymoe.training import TrainingDiverged, TrainingInterrupted
 
     expected = (CheckpointError, ConfigError, DatasetFormatError, DatasetNotFoundError, DownloadError,
                 ImageDecodeError, SuperclassFileError, TrainingDiverged, StageMismatch, DirectoryLocked, UnsafePickleError,
@@ -211,7 +211,7 @@ def main(argv=None) -> int:
               f"images, {splits.num_classes} classes -> {out}", flush=True)
         run_pipeline(splits, opts)
 
-    return report_errors(expected, args.debug, work)
+    return report_errors(expected, args.debug, work, stopped=(TrainingInterrupted,))
 
 
 if __name__ == "__main__":
