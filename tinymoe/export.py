@@ -40,7 +40,6 @@ from tinymoe.exported import (  # noqa: F401  (re-exported: the format's functio
     parse_metadata,
     read_safetensors,
 )
-from tinymoe.models.config import ModelConfig
 
 TARGETS = ("safetensors", "torch", "onnx")
 
