@@ -476,10 +476,10 @@ class Trainer:
                     self._append_metrics({"step": self.step, "epoch": epoch + 1, "eval": self.data.eval_name, **last_eval})
             self.history.append(row)
             self._write_summary_csv()
-            self.log(self._epoch_line(row))
             position = 0
             self._epoch_stats = self._new_epoch_stats()
-            self._save_last(epoch + 1, 0)
+            self._save_last(epoch + 1, 0)  # saved before it is logged: an epoch the log shows survives a kill
+            self.log(self._epoch_line(row))
             if self.stop.requested and epoch + 1 < cfg.epochs:  # Ctrl-C during the epoch's last step or evaluation
                 raise self._interrupted(f"after epoch {epoch + 1} (step {self.step})")
 
