@@ -244,6 +244,35 @@ def test_a_second_run_into_the_same_out_is_refused_at_once(tmp_path):
     assert (tmp_path / "dense" / "model.npz").exists()
 
 
+def test_dense_and_moe_of_one_folder_train_side_by_side_given_superclasses(tmp_path):
+    """The lock is per stage folder: `--model dense` and `--model moe --superclasses FILE` into one --out
+    run at the same time (how issue 15's pairs train on two cores), while a second dense run is refused."""
+    groups = tmp_path / "groups.json"
+    done = train(tmp_path / "first", "--epochs", "1", "-b", "64")  # a run that writes superclasses.json
+    assert done.returncode == 0, done.stderr
+    shutil.copy(tmp_path / "first" / "superclasses.json", groups)
+    out = tmp_path / "pair"
+    dense = start_train(out, "--model", "dense", "--epochs", "2", "-b", "64")
+    for line in dense.stdout:
+        if line.startswith("[dense] training"):
+            break
+    dense.send_signal(signal.SIGSTOP)  # hold it mid-run, its lock taken
+    try:
+        refused(train(out, "--model", "dense", "--epochs", "2", "-b", "64"), "dense is in use by process", "--out")
+        moe = train(out, "--model", "moe", "--superclasses", str(groups), "--epochs", "2", "-b", "64")
+        assert moe.returncode == 0, moe.stderr  # trained while the dense stage's run held its own lock
+    finally:
+        dense.send_signal(signal.SIGCONT)
+    dense.communicate(timeout=120)
+    assert dense.returncode == 0
+    assert (out / "dense" / "model.npz").exists() and (out / "moe-superclass" / "model.npz").exists()
+    both = train(out, "--epochs", "2", "-b", "64", "--superclasses", str(groups), "--resume")  # reuses both
+    assert both.returncode == 0, both.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert "delta_top1" in results
+    assert_all_finite(out)
+
+
 def test_hostile_and_corrupt_inputs_get_one_line_errors(tmp_path):
     # A downsampled-ImageNet folder whose batch pickle references one list from everywhere (2**60 paths)...
     folder = tmp_path / "imagenet32"

@@ -13,8 +13,10 @@ A stage is reused only if it was made with the same settings: each stage's artef
 *fingerprint* (`stage_fingerprint`: model and train config, data identity, held-out split, superclasses,
 seed, upcycling source); if an existing artefact's fingerprint differs from this run's, the run refuses
 with the differing fields (`force=True` retrains that stage instead, replacing its files). While it runs,
-the pipeline holds an exclusive lock on the output directory (a second run into it is refused at once),
-and a Ctrl-C anywhere stops it at the next point where everything done is saved (TrainingInterrupted).
+the pipeline holds an exclusive lock on each stage folder it trains (and on the output directory if it
+computes superclasses): a second run that would write the same is refused at once, while the dense and
+the MoE of one run folder can train side by side given a superclasses file. A Ctrl-C anywhere stops it at the next point where everything done is saved
+(TrainingInterrupted).
 
 The held-out split (a seeded, per-class 10% of train) is never trained on by either model: the dense
 model's confusions must be measured on unseen images, and the validation split is kept for the final
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -421,13 +424,29 @@ def superclasses_stage(dense, splits: Splits, holdout: np.ndarray, opts: Pipelin
 def run_pipeline(splits: Splits, opts: PipelineOptions, log=print) -> dict:
     """Run the stages in `opts.stages`; return (and write to OUT/results.json) the comparison.
 
-    Holds the lock of `opts.out` throughout (DirectoryLocked if another run has it) and stops with
+    Holds the locks of what it writes throughout (DirectoryLocked if another run has one) and stops with
     TrainingInterrupted at the next safe point after a Ctrl-C (see the module docstring)."""
-    with lock_directory(opts.out), StopRequest(log).installed() as stop:
+    with ExitStack() as held:
+        for directory in _directories_written(opts):
+            held.enter_context(lock_directory(directory))
+        stop = held.enter_context(StopRequest(log).installed())
         for directory in (opts.out, _stage_dir(opts, "dense"), _stage_dir(opts, "moe")):
-            for stale in remove_stale_temporaries(directory):
+            for stale in remove_stale_temporaries(directory):  # (only a dead process's)
                 log(f"removed {stale}, a temporary file left by a run that was killed while writing")
         return _run_stages(splits, opts, log, stop)
+
+
+def _directories_written(opts: PipelineOptions) -> list[Path]:
+    """What a run writes, each locked while it runs: the folder of every stage it trains and, if it computes
+    superclasses.json, the run folder. So two runs of one folder that write different stages may train side
+    by side (`--model dense` beside `--model moe --superclasses FILE`); two that write the same are not."""
+    computes_superclasses = "superclasses" in opts.stages and opts.superclasses_file is None
+    written = [opts.out] if computes_superclasses else []
+    if "dense" in opts.stages or computes_superclasses:
+        written.append(_stage_dir(opts, "dense"))
+    if "moe" in opts.stages:
+        written.append(_stage_dir(opts, "moe"))
+    return written
 
 
 def _stop_point(stop: StopRequest, opts: PipelineOptions, after: str) -> None:
