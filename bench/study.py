@@ -547,9 +547,10 @@ def analyse_pairs(results_dir: Path, runs_dir: Path, force: bool = False, log=pr
                 log(f"[{entry['name']}] no checkpoint at {checkpoint}: skipped")
                 return None
             model, splits = _load_with_data(checkpoint, splits_cache)
-            predicted = np.argmax(predict(model, splits.val_images).logits, axis=1)  # (N,)
+            out = predict(model, splits.val_images)
+            predicted = np.argmax(out.logits, axis=1)  # (N,)
             _check_reproduces(entry, model_key, checkpoint, 100 * np.mean(predicted == splits.val_labels))
-            cache[checkpoint] = (predicted, splits.val_labels, getattr(model, "class_to_group", None))
+            cache[checkpoint] = (predicted, splits.val_labels, getattr(model, "class_to_group", None), out.experts)
         return cache[checkpoint]
 
     for path, entry in results.items():
@@ -558,8 +559,9 @@ def analyse_pairs(results_dir: Path, runs_dir: Path, force: bool = False, log=pr
         dense, moe = scored(entry, "dense"), scored(entry, "moe")
         if dense is None or moe is None:
             continue
-        (dense_pred, labels, _), (moe_pred, _, groups) = dense, moe
+        (dense_pred, labels, _, _), (moe_pred, _, groups, experts) = dense, moe
         entry["paired"] = paired_difference(dense_pred == labels, moe_pred == labels).as_dict()
+        entry["predictions"] = str(write_predictions(results_dir, entry, labels, dense_pred, moe_pred, experts, groups))
         text = f"Δ {entry['paired']['delta']:+.2f}{_error(entry['paired'])}"
         if groups is not None and len(set(groups)) > 1:  # (one expert: every class in one group, trivially right)
             groups = np.asarray(groups)
@@ -574,6 +576,28 @@ def analyse_pairs(results_dir: Path, runs_dir: Path, force: bool = False, log=pr
         updated.append(entry["name"])
         log(f"[{entry['name']}] {text} (95%, val sampling only)")
     return updated
+
+
+def write_predictions(results_dir: Path, entry: dict, labels, dense_pred, moe_pred, experts, groups) -> Path:
+    """Both models' per-image val predictions of a run, so its numbers can be re-scored without the
+    checkpoints: RESULTS/predictions/<run>.npz (load with allow_pickle=False) holding, in val order,
+    `labels`, `dense` and `moe` (predicted classes), `moe_experts` (N, k) (the experts each image was routed
+    to; absent for token routing) and `class_to_group` (the superclass map; absent if none)."""
+    import numpy as np
+
+    from tinymoe.atomic import atomic_write
+
+    arrays = {"labels": np.asarray(labels, np.int16), "dense": np.asarray(dense_pred, np.int16),
+              "moe": np.asarray(moe_pred, np.int16)}
+    if experts is not None:
+        arrays["moe_experts"] = np.asarray(experts, np.int8)
+    if groups is not None:
+        arrays["class_to_group"] = np.asarray(groups, np.int8)
+    path = results_dir / "predictions" / f"{slug(entry['name'])}.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path, "wb") as f:
+        np.savez_compressed(f, **arrays)
+    return path
 
 
 CLEAN_TRAIN_IMAGES = 10_000  # the seeded sample of each run's training images `train-clean` scores
@@ -1049,7 +1073,8 @@ def main(argv=None) -> int:
     g = sub.add_parser("routing", help="backfill top-1 by routed right/wrong and the oracle's top-1 of recorded runs")
     g.add_argument("--runs-dir", type=Path, default=None)
     g.add_argument("--force", action="store_true", help="recompute runs that have the numbers already")
-    q = sub.add_parser("paired", help="Δ's standard error from the choice of val images (paired, per image)")
+    q = sub.add_parser("paired", help="Δ's standard error from the choice of val images (paired, per image), and "
+                                      "each run's per-image val predictions (RESULTS/predictions/RUN.npz)")
     q.add_argument("--runs-dir", type=Path, default=None)
     q.add_argument("--force", action="store_true", help="recompute runs that have the numbers already")
     c = sub.add_parser("train-clean", help="both models' top-1 on the un-augmented images each run trained on")

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -105,6 +106,14 @@ def test_a_two_run_grid_on_synthetic_data(tmp_path, monkeypatch, capsys):
         assert paired["b_only_right"] - paired["a_only_right"] == round(paired["delta"] * paired["images"] / 100)
         assert paired["standard_error"] > 0 or paired["b_only_right"] + paired["a_only_right"] == 0
         assert entry["dense"]["top1"] <= entry["dense"]["superclass_accuracy"] <= 100  # the right class is in the right group
+        # ...and both models' per-image predictions, from which every number re-scores without a checkpoint.
+        with np.load(entry["predictions"], allow_pickle=False) as p:
+            labels, dense, moe, experts, groups = (p[k] for k in ("labels", "dense", "moe", "moe_experts", "class_to_group"))
+        assert labels.shape == dense.shape == moe.shape == (entry["moe"]["images"],) and experts.shape == (labels.size, 1)
+        assert 100 * np.mean(dense == labels) == pytest.approx(entry["dense"]["top1"], abs=1e-9)
+        assert 100 * np.mean(moe == labels) == pytest.approx(entry["moe"]["top1"], abs=1e-9)
+        assert 100 * np.mean(groups[labels] == experts[:, 0]) == pytest.approx(entry["moe"]["router_accuracy"], abs=1e-9)
+        assert np.bincount(experts[:, 0], minlength=len(entry["moe"]["expert_counts"])).tolist() == entry["moe"]["expert_counts"]
     assert study.main(args + ["paired", "--runs-dir", str(runs)]) == 0 and "0 runs updated" in capsys.readouterr().out
     assert study.main(args + ["table"]) == 0
     assert f"{base['delta_top1']:+.2f} ± " in (results / "table.md").read_text()
