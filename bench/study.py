@@ -143,6 +143,7 @@ GRIDS = {
         "combinations": [],
         "seeds": [0, 1],
         "results": "long",  # bench/results/long/base-seed0.json: no clash with the main study's base-seed0
+        "delta_curves": True,  # `plots` also draws Δ per epoch (curves/RUN-delta.png): the stop rule reads it
         "runs_dir": "runs/long",
     },
     # Issue 15, the data-scale curve: the tiny-imagenet grid's base recipe on 100%, 50%, 25%, 12.5% of each
@@ -896,6 +897,55 @@ def plot_curves(entry: dict, out: Path) -> Path:
     return _save(fig, out)
 
 
+def delta_per_epoch(entry: dict) -> list[tuple[int, float]]:
+    """(epoch, MoE − dense val top-1) at every epoch where both models were evaluated."""
+    dense = {row["epoch"]: row.get("eval_top1") for row in entry.get("dense", {}).get("history") or []}
+    moe = {row["epoch"]: row.get("eval_top1") for row in entry.get("moe", {}).get("history") or []}
+    return [(e, moe[e] - dense[e]) for e in sorted(set(dense) & set(moe))
+            if dense[e] is not None and moe[e] is not None]
+
+
+def stop_rule_fired(entry: dict, after: int = 60, consecutive: int = 5) -> int | None:
+    """Issue 15's stop rule for the long run, fixed before it ran: the epoch at which the MoE had trailed
+    dense at `consecutive` evaluations in a row, all after epoch `after`; None if that never happened."""
+    run = 0
+    for epoch, delta in delta_per_epoch(entry):
+        run = run + 1 if epoch > after and delta < 0 else 0
+        if run == consecutive:
+            return epoch
+    return None
+
+
+def plot_delta_curve(entry: dict, out: Path, window: int = 5) -> Path:
+    """Δ = MoE − dense val top-1 at every evaluated epoch (red dots), its running mean over `window`
+    evaluations (black), Δ = 0 dashed; the grey band is ± the half-width of the run's final paired 95%
+    interval (after `paired`): how far one evaluation's Δ moves from the choice of val images alone."""
+    points = delta_per_epoch(entry)
+    if not points:
+        raise ValueError(f"{entry['name']}: no epoch where both models were evaluated")
+    epochs, deltas = [e for e, _ in points], [d for _, d in points]
+    half = _half95(entry.get("paired"))
+    running = [sum(deltas[max(0, i - window + 1):i + 1]) / len(deltas[max(0, i - window + 1):i + 1])
+               for i in range(len(deltas))]
+    plt = _pyplot()
+    fig = plt.figure(figsize=(5.6, 3.2))  # 560 x 320 pixels at dpi 100
+    ax = fig.add_axes((0.1, 0.15, 0.86, 0.74))
+    panel = Panel(ax, _padded(min(epochs), max(epochs), 0.02), _padded(min(deltas + [-half, 0.0]), max(deltas + [half, 0.0])),
+                  f"{entry['name']}: MoE − dense val top-1 per epoch\n(dots; black: mean of the last {window}; "
+                  "grey: ± the final paired 95% interval)")
+    if half:
+        ax.axhspan(-half, half, color=GREY, alpha=0.2, linewidth=0)
+    panel.line([min(epochs), max(epochs)], [0.0, 0.0], GREY, dashed=True, width=1)
+    for e in epochs:
+        if len(epochs) <= 15 or e % 10 == 0:
+            panel.x_tick(e, str(e))
+    for e, d in points:
+        panel.point(e, d, RED if d < 0 else BLUE, size=3)
+    panel.line(epochs, running, "black", width=1.5)
+    ax.set_xlabel("epoch", fontsize=8)
+    return _save(fig, out)
+
+
 IMAGENET_1K_TRAIN = 1_281_167  # ImageNet-1k's training images, marked on the data-scale axis
 
 
@@ -1034,11 +1084,13 @@ def plot_top1_vs_flops(results: list[dict], out: Path) -> Path:
 
 
 def plots(results: list[dict], grid: dict, results_dir: Path) -> list[Path]:
-    paths = [plot_deltas(results, grid, results_dir / "delta_vs_factors.png")]
+    paths = [plot_deltas(results, grid, results_dir / "delta_vs_factors.png")] if grid["factors"] else []
     if "train-fraction" in grid["factors"]:
         paths.append(plot_data_scale(results, results_dir / "data_scale.png"))
     for entry in results:
         paths.append(plot_curves(entry, results_dir / "curves" / f"{slug(entry['name'])}.png"))
+        if grid.get("delta_curves"):
+            paths.append(plot_delta_curve(entry, results_dir / "curves" / f"{slug(entry['name'])}-delta.png"))
     return paths
 
 

@@ -289,3 +289,27 @@ def test_top1_vs_flops_from_minimal_records(tmp_path):
     assert picture.size == (720, 460) and len(picture.convert("RGB").getcolors(maxcolors=10**6)) > 3
     with pytest.raises(ValueError, match="no recorded run"):
         study.plot_top1_vs_flops([other], tmp_path / "none.png")
+
+
+def test_delta_per_epoch_and_the_long_runs_stop_rule(tmp_path):
+    def entry(deltas, every=1):
+        epochs = range(every, every * len(deltas) + 1, every)
+        dense = [{"epoch": e, "eval_top1": 20.0, "train_top1": 30.0} for e in epochs]
+        moe = [{"epoch": e, "eval_top1": 20.0 + d, "train_top1": 31.0} for e, d in zip(epochs, deltas)]
+        dense.append({"epoch": every * len(deltas) + 1, "eval_top1": 21.0})  # dense evaluated, the MoE not yet
+        return {"name": "long-seed0", "dense": {"history": dense}, "moe": {"history": moe},
+                "paired": {"delta": deltas[-1], "ci95": [deltas[-1] - 1.0, deltas[-1] + 1.0]}}
+
+    assert study.delta_per_epoch(entry([0.5, -0.25, 1.0])) == [(1, 0.5), (2, -0.25), (3, 1.0)]
+    # Five evaluations in a row below 0, all after epoch 60: fires at the fifth; a tie (0) breaks the run.
+    trailing = [0.5] * 60 + [-0.1] * 4 + [0.0] + [-0.2] * 5 + [0.3] * 30
+    assert study.stop_rule_fired(entry(trailing)) == 70
+    assert study.stop_rule_fired(entry([0.5] * 56 + [-1.0] * 8 + [0.5] * 36)) is None  # 57-60 do not count: 4 after
+    assert study.stop_rule_fired(entry([0.5] * 56 + [-1.0] * 9 + [0.5] * 35)) == 65
+    assert study.stop_rule_fired(entry([0.5] * 100)) is None
+    assert study.stop_rule_fired(entry([-1.0] * 20, every=4)) == 80  # evaluations, not epochs: 64, 68, ..., 80
+    needs_matplotlib()
+    path = study.plot_delta_curve(entry(trailing), tmp_path / "delta.png")
+    assert Image.open(path).size == (560, 320)
+    with pytest.raises(ValueError, match="no epoch where both"):
+        study.plot_delta_curve({"name": "x", "dense": {"history": []}, "moe": {"history": []}}, tmp_path / "x.png")
