@@ -253,6 +253,11 @@ class ImageRouter(Module):
         """The router's own loss term (unweighted), or None: the `learned` router learns only through the gates."""
         return None
 
+    @staticmethod
+    def own_groups(config) -> np.ndarray | None:
+        """A class -> group map the router brings itself (None: it is given one, or needs none)."""
+        return None
+
 
 def route_images(logits: Tensor, probs: Tensor, experts: np.ndarray, ranked: np.ndarray | None = None) -> ImageRouting:
     """The ImageRouting of `experts` (B, k) chosen from `probs`: gates = the probabilities of `ranked`
@@ -289,7 +294,11 @@ class RandomGroupRouter(SuperclassRouter):
     """routing="random": as superclass, but the targets are a fixed, random, balanced class -> group map
     (`random_class_groups`, seeded by config.random_groups_seed): routing without meaningful groups."""
 
-    needs_superclasses = False  # the model draws its own map
+    needs_superclasses = False  # it brings its own map:
+
+    @staticmethod
+    def own_groups(config) -> np.ndarray:
+        return random_class_groups(config.num_classes, config.experts, config.random_groups_seed)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -381,6 +390,7 @@ class TokenRouter(Module):
 
     per_token = True  # every MoE block routes each token itself
     needs_superclasses = False
+    own_groups = ImageRouter.own_groups  # none
 
     def __init__(self, dim: int, experts: int, rng: np.random.Generator, dtype=np.float32):
         super().__init__()

@@ -52,8 +52,7 @@ from tinymoe import ops
 from tinymoe.models.config import ModelConfig
 from tinymoe.models.losses import model_loss
 from tinymoe.models.moe import (
-    ExpertMlps, ImageRouter, ImageRouting, RandomGroupRouter, TokenRouter, TokenRouting, random_class_groups,
-    router_class,
+    ExpertMlps, ImageRouter, ImageRouting, TokenRouter, TokenRouting, router_class,
 )
 from tinymoe.nn import LayerNorm, Linear, Module, ModuleList, Parameter, truncated_normal
 from tinymoe.tensor import Tensor
@@ -279,12 +278,12 @@ class VisionTransformer(Module):
         if c.init == "pytorch":
             self._pytorch_init(rng)
         self.rng = np.random.default_rng(rng.integers(2**63))  # router noise (token routing, training)
-        # class -> expert group, the router's target: set by set_class_to_group for "superclass",
-        # fixed at random (seeded by config.random_groups_seed) for "random".
+        # class -> expert group, the router's target: set by set_class_to_group for "superclass", brought
+        # by the router itself for "random" (a fixed random map, seeded by config.random_groups_seed).
         # A buffer once set (saved in state_dict and checkpoints, copied to replicas, never trained).
         self.class_to_group: np.ndarray | None = None
-        if c.is_moe and router is RandomGroupRouter:
-            self.set_class_to_group(random_class_groups(c.num_classes, c.experts, c.random_groups_seed))
+        if c.is_moe and (groups := router.own_groups(c)) is not None:
+            self.set_class_to_group(groups)
 
     def _pytorch_init(self, rng: np.random.Generator) -> None:
         """Redraw the weights as PyTorch's default layers would (see the module docstring)."""
