@@ -46,6 +46,11 @@ def _graph_counts(confusion):  # counts instead of rates
     return (c + c.T) / 2
 
 
+def _unpaired_delta(dense_right, moe_right):  # the two accuracies' errors added as if on separate images
+    n, p, q = dense_right.size, dense_right.mean(), moe_right.mean()
+    return float(100 * (q - p)), float(100 * 1.96 * np.sqrt(p * (1 - p) / n + q * (1 - q) / n))
+
+
 WRONG = {
     "backward_closure": SimpleNamespace(sigmoid=_sigmoid_wrong),
     "softmax_vjp": SimpleNamespace(softmax_vjp=lambda y, g: y * g),
@@ -55,6 +60,7 @@ WRONG = {
     "load_balance": SimpleNamespace(importance_loss=lambda p: float(
         np.mean(np.bincount(p.argmax(-1).ravel(), minlength=p.shape[-1]).std() ** 2))),  # counts of argmax choices
     "superclasses": SimpleNamespace(confusion_graph=_graph_counts),
+    "paired_delta": SimpleNamespace(paired_delta=_unpaired_delta),
 }
 
 

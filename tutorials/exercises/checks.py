@@ -118,6 +118,32 @@ def check_superclasses(mod) -> str:
     return f"confusion_graph: equals tinymoe's; clustering it recovers {right} of {truth.size} planted classes"
 
 
+def check_paired_delta(mod) -> str:
+    import json
+    from pathlib import Path
+
+    from tinymoe.lab import paired_difference
+
+    rng = np.random.default_rng(6)
+    dense_right = rng.random(2000) < 0.25
+    moe_right = np.where(rng.random(2000) < 0.85, dense_right, rng.random(2000) < 0.25)  # mostly agree: paired
+    want = paired_difference(dense_right, moe_right)
+    delta, half = mod.paired_delta(dense_right, moe_right)
+    _close("delta", delta, want.delta, atol=1e-9)
+    _close("half95 (1.96 x the paired standard error)", half, (want.interval()[1] - want.interval()[0]) / 2, atol=1e-9)
+    # The same on a recorded run: its per-image predictions reproduce the interval written in its record.
+    results = Path(__file__).resolve().parents[2] / "bench" / "results" / "data-scale"
+    record = json.loads((results / "base-seed0.json").read_text())
+    with np.load(results / "predictions" / "base-seed0.npz", allow_pickle=False) as p:
+        labels, dense, moe = p["labels"], p["dense"], p["moe"]
+    delta, half = mod.paired_delta(dense == labels, moe == labels)
+    recorded = record["paired"]
+    _close("delta of the recorded base-seed0 run", delta, recorded["delta"], atol=1e-9)
+    _close("half95 of the recorded base-seed0 run", half, (recorded["ci95"][1] - recorded["ci95"][0]) / 2, atol=1e-9)
+    return (f"Δ and half95 equal tinymoe's; the recorded data-scale base-seed0 run gives Δ {delta:+.2f} ± {half:.2f} "
+            "points from its per-image predictions")
+
+
 CHECKS = {
     "backward_closure": check_backward_closure,
     "softmax_vjp": check_softmax_vjp,
@@ -125,4 +151,5 @@ CHECKS = {
     "superclass_loss": check_superclass_loss,
     "load_balance": check_load_balance,
     "superclasses": check_superclasses,
+    "paired_delta": check_paired_delta,
 }
