@@ -1,0 +1,69 @@
+"""The recorded data-scale curve (issue 15, bench/results/data-scale): every run's per-image val
+predictions reproduce the numbers its record reports, and the shipped 100%-data checkpoints load into
+today's tinymoe as the recorded models and, where the Tiny ImageNet zip is at hand, reproduce those
+predictions image by image."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tinymoe.checkpoint import load_model
+from tinymoe.evaluation import predict
+from tinymoe.lab import paired_difference
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results" / "data-scale"
+RECORDS = sorted(RESULTS.glob("*.json"))
+SHIPPED = sorted({p.name.rsplit("-", 1)[0] for p in (RESULTS / "models").glob("*.npz")})
+ZIP = Path(os.environ.get("TINYMOE_TEST_ZIP", ROOT.parent / "shared" / "data" / "tiny-imagenet-200.zip"))
+
+
+def predictions(record: dict) -> dict:
+    with np.load(ROOT / record["predictions"], allow_pickle=False) as p:
+        return {k: p[k] for k in p.files}
+
+
+@pytest.mark.parametrize("path", RECORDS, ids=[p.stem for p in RECORDS])
+def test_the_predictions_reproduce_the_record(path):
+    record = json.loads(path.read_text())
+    p = predictions(record)
+    labels = p["labels"]
+    assert labels.shape == (record["moe"]["images"],) == (5000,)
+    assert 100 * np.mean(p["dense"] == labels) == pytest.approx(record["dense"]["top1"], abs=1e-9)
+    assert 100 * np.mean(p["moe"] == labels) == pytest.approx(record["moe"]["top1"], abs=1e-9)
+    experts = p["moe_experts"][:, 0]
+    assert 100 * np.mean(p["class_to_group"][labels] == experts) == pytest.approx(record["moe"]["router_accuracy"], abs=1e-9)
+    assert np.bincount(experts, minlength=10).tolist() == record["moe"]["expert_counts"]
+    paired = paired_difference(p["dense"] == labels, p["moe"] == labels).as_dict()
+    assert paired == pytest.approx(record["paired"])
+    # The run trained on its fraction of the images, for the same number of steps as every other run.
+    assert abs(record["train_images"] - 90_000 * record["train_fraction"]) <= 200  # per class, rounded
+    steps = record["train_config"]["epochs"] * (record["train_images"] // record["train_config"]["batch_size"])
+    assert steps in (5265, 5250, 5280, 5160)  # 100%, 50%, 25%, 12.5% (tests/test_data_scale.py)
+
+
+def test_every_run_used_the_same_superclasses():
+    maps = {tuple(predictions(json.loads(p.read_text()))["class_to_group"].tolist()) for p in RECORDS}
+    assert len(maps) == 1
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_the_shipped_checkpoints_are_the_recorded_models(name, tmp_path):
+    record = json.loads((RESULTS / f"{name}.json").read_text())
+    dense, moe = (load_model(RESULTS / "models" / f"{name}-{m}.npz") for m in ("dense", "moe"))
+    assert dense.config.to_dict() == record["dense"]["config"] and moe.config.to_dict() == record["moe"]["config"]
+    p = predictions(record)
+    np.testing.assert_array_equal(moe.class_to_group, p["class_to_group"])
+    if not ZIP.is_file():
+        pytest.skip(f"Tiny ImageNet is not at {ZIP} (set TINYMOE_TEST_ZIP); the checkpoints' configs are checked above")
+    from tinymoe.data import TinyImageNet
+
+    val = TinyImageNet(ZIP, "val", cache_dir=tmp_path, progress=False)
+    np.testing.assert_array_equal(val.labels, p["labels"])
+    np.testing.assert_array_equal(np.argmax(predict(dense, val.images).logits, axis=1), p["dense"])
+    out = predict(moe, val.images)
+    np.testing.assert_array_equal(np.argmax(out.logits, axis=1), p["moe"])
+    np.testing.assert_array_equal(out.experts, p["moe_experts"])
