@@ -197,7 +197,7 @@ def test_upcycled_runs_are_compared_with_dense_trained_on_for_as_long():
     assert study.upcycling_table(results[1:2]) == []
 
 
-def test_the_data_scale_grid_keeps_the_optimizer_and_warm_up_steps(capsys):
+def test_the_data_scale_grid_keeps_the_optimizer_and_warm_up_steps(capsys, tmp_path):
     """Issue 15's curve: 4 fractions x 2 seeds, epochs 15/F and warm-up 1/F epochs (whole numbers), an
     evaluation every 1/F epochs, base seed 0's superclasses for every run, and its own results and runs
     folders (its base-seed0 must not meet the main study's)."""
@@ -218,7 +218,9 @@ def test_the_data_scale_grid_keeps_the_optimizer_and_warm_up_steps(capsys):
     # The flags are ones python -m tinymoe.train accepts, giving the intended TrainConfig.
     train, _ = study.expected_configs(runs[3], "tiny-imagenet", 200, 64)
     assert (train["epochs"], train["warmup_epochs"], train["eval_every"]) == (120, 8.0, 8)
-    assert study.main(["--grid", "data-scale", "run", "--dry-run", "--data", "tiny-imagenet-200.zip"]) == 0
+    # (an empty results folder: the grid's recorded runs in bench/results/data-scale would be "finished earlier")
+    assert study.main(["--grid", "data-scale", "--results", str(tmp_path), "run", "--dry-run",
+                       "--data", "tiny-imagenet-200.zip"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert len([line for line in out if "-m tinymoe.train" in line]) == 8
     assert all(str(Path("runs") / "data-scale") in line for line in out if "-m tinymoe.train" in line)
