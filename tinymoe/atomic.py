@@ -106,23 +106,25 @@ class DirectoryLocked(RuntimeError):
 
 
 @contextlib.contextmanager
-def lock_directory(directory) -> Iterator[Path]:
-    """Hold an exclusive lock on `directory` (a file `.lock` in it) for the duration; refuse at once, with
+def lock_directory(directory, part: str | None = None) -> Iterator[Path]:
+    """Hold an exclusive lock on `directory` (a file `.lock` in it), or on one `part` of it (a file
+    `.lock-PART`, e.g. a stage folder not created yet), for the duration; refuse at once, with
     DirectoryLocked, if another process holds it. The operating system releases the lock when the process
     ends, however it ends, so a killed run never leaves a stale lock."""
     import fcntl  # POSIX only; tinymoe's command-line runs are tested on Linux
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    lock_path = directory / ".lock"
+    lock_path = directory / (".lock" if part is None else f".lock-{part}")
     with open(lock_path, "a+") as f:
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
             holder = f.read().strip() or "another process"
+            what = directory if part is None else directory / part
             raise DirectoryLocked(
-                f"{directory} is in use by {holder}: wait for that run to finish, or pass another --out"
+                f"{what} is in use by {holder}: wait for that run to finish, or pass another --out"
             ) from None
         f.seek(0)
         f.truncate()

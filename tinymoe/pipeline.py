@@ -427,8 +427,8 @@ def run_pipeline(splits: Splits, opts: PipelineOptions, log=print) -> dict:
     Holds the locks of what it writes throughout (DirectoryLocked if another run has one) and stops with
     TrainingInterrupted at the next safe point after a Ctrl-C (see the module docstring)."""
     with ExitStack() as held:
-        for directory in _directories_written(opts):
-            held.enter_context(lock_directory(directory))
+        for part in _parts_written(opts):
+            held.enter_context(lock_directory(opts.out, part))
         stop = held.enter_context(StopRequest(log).installed())
         for directory in (opts.out, _stage_dir(opts, "dense"), _stage_dir(opts, "moe")):
             for stale in remove_stale_temporaries(directory):  # (only a dead process's)
@@ -436,16 +436,17 @@ def run_pipeline(splits: Splits, opts: PipelineOptions, log=print) -> dict:
         return _run_stages(splits, opts, log, stop)
 
 
-def _directories_written(opts: PipelineOptions) -> list[Path]:
-    """What a run writes, each locked while it runs: the folder of every stage it trains and, if it computes
-    superclasses.json, the run folder. So two runs of one folder that write different stages may train side
-    by side (`--model dense` beside `--model moe --superclasses FILE`); two that write the same are not."""
+def _parts_written(opts: PipelineOptions) -> list[str | None]:
+    """What a run writes, each locked while it runs (OUT/.lock-PART): the folder of every stage it trains
+    and, if it computes superclasses.json, the run folder itself (None: OUT/.lock). So two runs of one
+    folder that write different stages may train side by side (`--model dense` beside `--model moe
+    --superclasses FILE`); two that write the same are not."""
     computes_superclasses = "superclasses" in opts.stages and opts.superclasses_file is None
-    written = [opts.out] if computes_superclasses else []
+    written = [None] if computes_superclasses else []
     if "dense" in opts.stages or computes_superclasses:
-        written.append(_stage_dir(opts, "dense"))
+        written.append(_stage_dir(opts, "dense").name)
     if "moe" in opts.stages:
-        written.append(_stage_dir(opts, "moe"))
+        written.append(_stage_dir(opts, "moe").name)
     return written
 
 
