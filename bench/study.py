@@ -925,8 +925,8 @@ def plot_delta_curve(entry: dict, out: Path, window: int = 5) -> Path:
         raise ValueError(f"{entry['name']}: no epoch where both models were evaluated")
     epochs, deltas = [e for e, _ in points], [d for _, d in points]
     half = _half95(entry.get("paired"))
-    running = [sum(deltas[max(0, i - window + 1):i + 1]) / len(deltas[max(0, i - window + 1):i + 1])
-               for i in range(len(deltas))]
+    recent = [deltas[max(0, i - window + 1):i + 1] for i in range(len(deltas))]  # the last `window` at each
+    running = [sum(r) / len(r) for r in recent]
     plt = _pyplot()
     fig = plt.figure(figsize=(5.6, 3.2))  # 560 x 320 pixels at dpi 100
     ax = fig.add_axes((0.1, 0.15, 0.86, 0.74))

@@ -294,7 +294,7 @@ class RandomGroupRouter(SuperclassRouter):
     """routing="random": as superclass, but the targets are a fixed, random, balanced class -> group map
     (`random_class_groups`, seeded by config.random_groups_seed): routing without meaningful groups."""
 
-    needs_superclasses = False  # it brings its own map:
+    needs_superclasses = False  # it brings its own map (own_groups)
 
     @staticmethod
     def own_groups(config) -> np.ndarray:
