@@ -227,6 +227,23 @@ def test_the_data_scale_grid_keeps_the_optimizer_and_warm_up_steps(capsys, tmp_p
     assert "--train-fraction 0.125" in out[3] and "--epochs 120" in out[3] and "--warmup 8" in out[3]
 
 
+def test_the_mechanism_grid_changes_only_the_experts_dropout_and_shares_one_dense_model():
+    """Issue 15's mechanism check: the 30-epoch base recipe (the study's epochs=30 run) with expert dropout
+    0.3 against a control MoE without it; the two runs have one dense model (expert dropout is MoE-only),
+    base seed 0's superclasses, and their own results and runs folders."""
+    grid = study.GRIDS["mechanism"]
+    control, dropout = study.plan(grid)
+    assert (control.name, dropout.name) == ("base-seed0", "expert-dropout=0.3-seed0")
+    thirty = next(r for r in study.plan(study.GRIDS["tiny-imagenet"]) if r.name == "epochs=30-seed0")
+    assert {k: v for k, v in control.flags.items() if k != "superclasses"} == thirty.flags
+    assert control.flags["superclasses"] == "bench/results/study/superclasses-base-seed0.json"
+    assert {k: v for k, v in dropout.flags.items() if control.flags.get(k) != v} == {"expert-dropout": 0.3}
+    assert study.dense_signature(control, "tiny-imagenet") == study.dense_signature(dropout, "tiny-imagenet")
+    _, model = study.expected_configs(dropout, "tiny-imagenet", 200, 64)
+    assert model["expert_dropout"] == 0.3
+    assert (grid["results"], grid["runs_dir"]) == ("mechanism", "runs/mechanism")
+
+
 def _fabricated(name, images, seed, delta, half, router, oracle_gain, gaps):
     """A minimal recorded-run JSON for the plotting code (fabricated numbers: a test fixture only)."""
     dense_top1, moe_top1 = 20.0, 20.0 + delta
