@@ -1,7 +1,7 @@
-"""The recorded data-scale curve (issue 15, bench/results/data-scale): every run's per-image val
-predictions reproduce the numbers its record reports, and the shipped 100%-data checkpoints load into
-today's tinymoe as the recorded models and, where the Tiny ImageNet zip is at hand, reproduce those
-predictions image by image."""
+"""The recorded runs of issue 15 (bench/results/data-scale, long, mechanism): every run's per-image val
+predictions reproduce the numbers its record reports, every run routed with base seed 0's superclasses,
+and the shipped checkpoints (the 100%-data pairs, the long run's pairs) load into today's tinymoe as the
+recorded models and, where the Tiny ImageNet zip is at hand, reproduce those predictions image by image."""
 
 import json
 import os
@@ -15,9 +15,11 @@ from tinymoe.evaluation import predict
 from tinymoe.lab import paired_difference
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results" / "data-scale"
-RECORDS = sorted(RESULTS.glob("*.json"))
-SHIPPED = sorted({p.name.rsplit("-", 1)[0] for p in (RESULTS / "models").glob("*.npz")})
+RESULTS = ROOT / "bench" / "results"
+GRIDS = ("data-scale", "long", "mechanism")
+RECORDS = sorted(p for grid in GRIDS for p in (RESULTS / grid).glob("*.json"))
+SHIPPED = sorted({(grid, p.name.rsplit("-", 1)[0]) for grid in GRIDS for p in (RESULTS / grid / "models").glob("*.npz")})
+SUPERCLASSES = RESULTS / "study" / "superclasses-base-seed0.json"
 ZIP = Path(os.environ.get("TINYMOE_TEST_ZIP", ROOT.parent / "shared" / "data" / "tiny-imagenet-200.zip"))
 
 
@@ -26,7 +28,7 @@ def predictions(record: dict) -> dict:
         return {k: p[k] for k in p.files}
 
 
-@pytest.mark.parametrize("path", RECORDS, ids=[p.stem for p in RECORDS])
+@pytest.mark.parametrize("path", RECORDS, ids=[f"{p.parent.name}/{p.stem}" for p in RECORDS])
 def test_the_predictions_reproduce_the_record(path):
     record = json.loads(path.read_text())
     p = predictions(record)
@@ -41,21 +43,25 @@ def test_the_predictions_reproduce_the_record(path):
     assert paired.keys() == record["paired"].keys()
     for key, value in paired.items():
         assert np.asarray(value) == pytest.approx(np.asarray(record["paired"][key]), abs=1e-9), key
+    if record["grid"] != "data-scale":
+        return
     # The run trained on its fraction of the images, for the same number of steps as every other run.
     assert abs(record["train_images"] - 90_000 * record["train_fraction"]) <= 200  # per class, rounded
     steps = record["train_config"]["epochs"] * (record["train_images"] // record["train_config"]["batch_size"])
     assert steps in (5265, 5250, 5280, 5160)  # 100%, 50%, 25%, 12.5% (tests/test_data_scale.py)
 
 
-def test_every_run_used_the_same_superclasses():
-    maps = {tuple(predictions(json.loads(p.read_text()))["class_to_group"].tolist()) for p in RECORDS}
-    assert len(maps) == 1
+def test_every_run_routed_with_base_seed_0s_superclasses():
+    classes = json.loads(SUPERCLASSES.read_text())["classes"]
+    expected = [c["superclass"] for c in sorted(classes, key=lambda c: c["index"])]
+    for path in RECORDS:
+        assert predictions(json.loads(path.read_text()))["class_to_group"].tolist() == expected, path.name
 
 
-@pytest.mark.parametrize("name", SHIPPED)
-def test_the_shipped_checkpoints_are_the_recorded_models(name, tmp_path):
-    record = json.loads((RESULTS / f"{name}.json").read_text())
-    dense, moe = (load_model(RESULTS / "models" / f"{name}-{m}.npz") for m in ("dense", "moe"))
+@pytest.mark.parametrize("grid, name", SHIPPED, ids=[f"{g}/{n}" for g, n in SHIPPED])
+def test_the_shipped_checkpoints_are_the_recorded_models(grid, name, tmp_path):
+    record = json.loads((RESULTS / grid / f"{name}.json").read_text())
+    dense, moe = (load_model(RESULTS / grid / "models" / f"{name}-{m}.npz") for m in ("dense", "moe"))
     assert dense.config.to_dict() == record["dense"]["config"] and moe.config.to_dict() == record["moe"]["config"]
     p = predictions(record)
     np.testing.assert_array_equal(moe.class_to_group, p["class_to_group"])
