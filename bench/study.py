@@ -143,7 +143,8 @@ GRIDS = {
         "combinations": [],
         "seeds": [0, 1],
         "results": "long",  # bench/results/long/base-seed0.json: no clash with the main study's base-seed0
-        "delta_curves": True,  # `plots` also draws Δ per epoch (curves/RUN-delta.png): the stop rule reads it
+        "delta_curves": True,  # `plots` also draws Δ per epoch (curves/RUN-delta.png), `table` sums it up
+        "stop_rule": {"after": 60, "consecutive": 5},  # `table` says whether (and at which epoch) it fired
         "runs_dir": "runs/long",
     },
     # Issue 15, the data-scale curve: the tiny-imagenet grid's base recipe on 100%, 50%, 25%, 12.5% of each
@@ -730,8 +731,9 @@ def upcycling_table(results: list[dict]) -> list[str]:
             "|---|---|---|---|---|", *rows]
 
 
-def table(results: list[dict]) -> str:
-    """Markdown: one row per run, then Δ over seeds per recipe (when a recipe has several seeds)."""
+def table(results: list[dict], grid: dict | None = None) -> str:
+    """Markdown: one row per run, then Δ over seeds per recipe (when a recipe has several seeds), and for
+    a grid with delta curves each run's Δ per block of epochs (with its stop rule, if it has one)."""
     if not results:
         raise SystemExit("no study results yet: run `python bench/study.py run` first")
     header = ("| run | dense top-1 | MoE top-1 | Δ | router acc | dense's superclass acc | "
@@ -776,6 +778,8 @@ def table(results: list[dict]) -> str:
             std = (sum((d - mean) ** 2 for d in deltas) / (n - 1)) ** 0.5 if n > 1 else float("nan")
             lines.append(f"| {recipe} | {n} | {mean:+.2f} | {std:.2f} | {min(deltas):+.2f} .. {max(deltas):+.2f} |")
     lines += upcycling_table(results)
+    if grid and grid.get("delta_curves"):
+        lines += delta_blocks_table(results, grid.get("stop_rule"))
     lines += ["", "These recipes are compared on the val split itself: choosing the best by its Δ makes that Δ "
               "optimistic (selection on the test set); re-run a winner with new seeds before claiming it."]
     return "\n".join(lines) + "\n"
@@ -933,6 +937,35 @@ def stop_rule_fired(entry: dict, after: int = 60, consecutive: int = 5) -> int |
         if run == consecutive:
             return epoch
     return None
+
+
+def delta_blocks_table(results: list[dict], stop_rule: dict | None = None, block: int = 10) -> list[str]:
+    """Markdown: each run's mean Δ over epochs 1-10, 11-20, ... (every evaluation in the block), and
+    whether the grid's stop rule fired (the epoch it did, or 'no' with the last epoch both models reached)."""
+    curves = {r["name"]: delta_per_epoch(r) for r in results}
+    last = max((c[-1][0] for c in curves.values() if c), default=0)
+    if not last:
+        return []
+    blocks = [(a, min(a + block - 1, last)) for a in range(1, last + 1, block)]
+    header = "| run | " + " | ".join(f"Δ epochs {a}-{b}" for a, b in blocks) + " |"
+    if stop_rule:
+        header += f" stop rule (MoE behind at {stop_rule['consecutive']} evaluations in a row after epoch {stop_rule['after']}) |"
+    lines = ["", "Δ = MoE − dense val top-1 per epoch, averaged over blocks of epochs (one evaluation's Δ moves "
+             "about ±1 point with the choice of val images alone):", "", header,
+             "|" + "---|" * (header.count("|") - 1)]
+    for name, curve in curves.items():
+        cells = []
+        for a, b in blocks:
+            inside = [d for e, d in curve if a <= e <= b]
+            cells.append(f"{sum(inside) / len(inside):+.2f}" if inside else "-")
+        row = f"| {name} | " + " | ".join(cells) + " |"
+        if stop_rule:
+            entry = next(r for r in results if r["name"] == name)
+            fired = stop_rule_fired(entry, **stop_rule)
+            row += (f" fired at epoch {fired} |" if fired is not None
+                    else f" not fired (to epoch {curve[-1][0] if curve else '-'}) |")
+        lines.append(row)
+    return lines
 
 
 def plot_delta_curve(entry: dict, out: Path, window: int = 5) -> Path:
@@ -1190,7 +1223,7 @@ def main(argv=None) -> int:
         return 0
     results = [r for r in load_results(args.results) if r.get("grid") == name]
     if args.cmd == "table":
-        text = table(results)
+        text = table(results, grid)
         args.results.mkdir(parents=True, exist_ok=True)
         (args.results / "table.md").write_text(text)
         print(text)

@@ -327,6 +327,17 @@ def test_delta_per_epoch_and_the_long_runs_stop_rule(tmp_path):
     assert study.stop_rule_fired(entry([0.5] * 56 + [-1.0] * 9 + [0.5] * 35)) == 65
     assert study.stop_rule_fired(entry([0.5] * 100)) is None
     assert study.stop_rule_fired(entry([-1.0] * 20, every=4)) == 80  # evaluations, not epochs: 64, 68, ..., 80
+    # `table` of the long grid: mean Δ per 10 epochs, and the stop rule's verdict for each run.
+    fired, held = entry(trailing), {**entry([0.5] * 20 + [1.5] * 5), "name": "long-seed1"}
+    rows = study.delta_blocks_table([fired, held], study.GRIDS["long"]["stop_rule"])
+    assert rows[3].startswith("| run | Δ epochs 1-10 | Δ epochs 11-20 |") and "Δ epochs 91-100 |" in rows[3]
+    assert rows[5].startswith("| long-seed0 | +0.50 | ") and rows[5].endswith(" | +0.30 | fired at epoch 70 |")
+    assert " | +0.50 | -0.14 | +0.30 | " in rows[5]  # epochs 61-70: (4 x -0.1 + 0 + 5 x -0.2) / 10
+    assert rows[6] == "| long-seed1 | +0.50 | +0.50 | +1.50 | - | - | - | - | - | - | - | not fired (to epoch 25) |"
+    for grid, runs in (("long", [fired, held]), ("data-scale", [fired])):
+        text = study.table([{**r, "changed": {}, "train_config": {"epochs": 100}, "delta_top1": 0.0} for r in runs],
+                           study.GRIDS[grid])
+        assert ("stop rule" in text) == (grid == "long")
     needs_matplotlib()
     path = study.plot_delta_curve(entry(trailing), tmp_path / "delta.png")
     assert Image.open(path).size == (560, 320)
