@@ -13,6 +13,8 @@
     python bench/study.py --grid data-scale run --data ...                   # issue 15's data-scale curve (results in
                                                                              # bench/results/data-scale/, runs in
                                                                              # runs/data-scale/); `plots` draws it
+    python bench/study.py summary                                            # every recorded pair of every grid in
+                                                                             # one table: bench/results/summary.md
 
 A grid is a base recipe (flags of `python -m tinymoe.train`) and factors, each with levels (extra flags);
 the first level of every factor is the base's. Designs:
@@ -785,6 +787,49 @@ def table(results: list[dict], grid: dict | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The grids whose records `summary` collects, in its order, and how a record's recipe is named there.
+SUMMARY_GRIDS = {"tiny-imagenet": "study", "data-scale": "data-scale", "long": "long", "mechanism": "mechanism"}
+
+
+def verdict(ci95: list[float]) -> str:
+    """What a paired 95% interval of Δ = MoE − dense says: 'MoE ahead', 'MoE behind' (0 outside it) or 'tie'."""
+    return "MoE ahead" if ci95[0] > 0 else "MoE behind" if ci95[1] < 0 else "tie"
+
+
+def summary(results_root: Path = HERE / "results") -> str:
+    """Markdown: every recorded dense/MoE pair on Tiny ImageNet (the study, the data-scale curve, the long
+    run, the mechanism check), Δ with its paired 95% interval and what the interval says, then the counts.
+    An upcycled MoE is compared with the dense model trained on for as long (equal training), and the
+    dense-continued runs, which are that comparator and not an MoE, get no row of their own."""
+    header = "| grid | run | training images | epochs | dense | MoE | Δ ± 95% (val images) | verdict |"
+    lines = ["Every recorded dense/MoE pair, val top-1 (%). Δ = MoE − dense with its paired 95% interval over the "
+             "5,000 val images (training noise comes on top: compare seeds); verdict: the interval above 0, below "
+             "0, or containing it. Written by `python bench/study.py summary` from the JSON records.", "",
+             header, "|" + "---|" * (header.count("|") - 1)]
+    counts: dict[str, int] = {}
+    for grid, folder in SUMMARY_GRIDS.items():
+        for r in load_results(results_root / folder):
+            if r.get("grid") != grid or r.get("levels", {}).get("upcycle") == "dense-continued":
+                continue
+            paired, dense, versus, epochs = r.get("paired"), r["dense"]["top1"], "", r["train_config"]["epochs"]
+            if r.get("levels", {}).get("upcycle") == "yes":
+                paired = r.get("paired_vs_dense_continued")
+                if paired is None:
+                    continue
+                dense, versus = r["moe"]["top1"] - paired["delta"], " (vs dense trained on as long)"
+                epochs = f"{epochs} + {epochs}"
+            if paired is None:
+                continue
+            said = verdict(paired["ci95"])
+            counts[said] = counts.get(said, 0) + 1
+            lines.append(f"| {folder} | {r['name']}{versus} | {r['train_images']:,} | {epochs} | "
+                         f"{dense:.2f} | {r['moe']['top1']:.2f} | {paired['delta']:+.2f}{_error(paired)} | {said} |")
+    total = sum(counts.values())
+    lines += ["", f"{total} pairs: " + ", ".join(f"{counts.get(v, 0)} {v}" for v in ("MoE ahead", "tie", "MoE behind"))
+              + " (by the val-image interval of each pair alone)."]
+    return "\n".join(lines) + "\n"
+
+
 # --------------------------------------------------------------------------------------------------
 # Plots (matplotlib, headless Agg backend; the optional `plots` extra)
 # --------------------------------------------------------------------------------------------------
@@ -1187,11 +1232,18 @@ def main(argv=None) -> int:
                    help="a seeded sample of this many training images per run (0: all)")
     c.add_argument("--force", action="store_true", help="recompute runs that have the numbers already")
     sub.add_parser("table", help="write the results table (Markdown) to RESULTS/table.md and print it")
+    sub.add_parser("summary", help="every recorded pair of every grid, Δ ± 95%% and its verdict, to "
+                                   "bench/results/summary.md (ignores --grid and --results)")
     sub.add_parser("plots", help="draw Δ vs each factor and train/val curves per run (and, for a grid with a "
                                  "train-fraction factor, the data-scale figure)")
     sub.add_parser("flops-plot", help="draw val top-1 vs MFLOPs, dense and MoE at each recorded model size and k, "
                                       "to RESULTS/top1_vs_flops.png")
     args = parser.parse_args(argv)
+    if args.cmd == "summary":
+        text = summary()
+        atomic_write_text(HERE / "results" / "summary.md", text)
+        print(text)
+        return 0
     name, grid = _grid(args)
     if args.results is None:
         args.results = HERE / "results" / grid["results"] if "results" in grid else RESULTS

@@ -343,3 +343,35 @@ def test_delta_per_epoch_and_the_long_runs_stop_rule(tmp_path):
     assert Image.open(path).size == (560, 320)
     with pytest.raises(ValueError, match="no epoch where both"):
         study.plot_delta_curve({"name": "x", "dense": {"history": []}, "moe": {"history": []}}, tmp_path / "x.png")
+
+
+def test_the_summary_of_every_pair_and_its_verdict(tmp_path):
+    assert [study.verdict(ci) for ci in ([0.1, 1.9], [-2.0, -0.1], [-0.9, 1.1])] == ["MoE ahead", "MoE behind", "tie"]
+
+    def record(folder, grid, name, levels, dense, moe, ci, **extra):
+        entry = {"name": name, "grid": grid, "levels": levels, "train_images": 90000, "train_config": {"epochs": 15},
+                 "dense": {"top1": dense}, "moe": {"top1": moe},
+                 "paired": {"delta": moe - dense, "ci95": [moe - dense - ci, moe - dense + ci]}, **extra}
+        (tmp_path / folder).mkdir(exist_ok=True)
+        (tmp_path / folder / f"{name}.json").write_text(json.dumps(entry))
+
+    record("study", "tiny-imagenet", "base-seed0", {"upcycle": "no"}, 25.0, 25.5, 1.0)
+    record("study", "tiny-imagenet", "upcycle=dense-continued-seed0", {"upcycle": "dense-continued"}, 25.0, 28.5, 1.0)
+    record("study", "tiny-imagenet", "upcycle=yes-seed0", {"upcycle": "yes"}, 25.0, 27.0, 1.0,
+           paired_vs_dense_continued={"delta": -1.5, "ci95": [-2.5, -0.5]})
+    record("data-scale", "data-scale", "train-fraction=0.5-seed0", {}, 21.0, 19.0, 1.0)
+    record("long", "long", "base-seed0", {}, 30.0, 31.5, 1.0)
+    record("long", "other-grid", "ignored-seed0", {}, 30.0, 31.5, 1.0)  # a record of another grid: not counted
+    lines = study.summary(tmp_path).splitlines()
+    rows = [line for line in lines if line.startswith("| ") and not line.startswith("| grid")]
+    assert rows == [
+        "| study | base-seed0 | 90,000 | 15 | 25.00 | 25.50 | +0.50 ± 1.00 | tie |",
+        "| study | upcycle=yes-seed0 (vs dense trained on as long) | 90,000 | 15 + 15 | 28.50 | 27.00 | -1.50 ± 1.00 | MoE behind |",
+        "| data-scale | train-fraction=0.5-seed0 | 90,000 | 15 | 21.00 | 19.00 | -2.00 ± 1.00 | MoE behind |",
+        "| long | base-seed0 | 90,000 | 15 | 30.00 | 31.50 | +1.50 ± 1.00 | MoE ahead |"]
+    assert lines[-1] == "4 pairs: 1 MoE ahead, 1 tie, 2 MoE behind (by the val-image interval of each pair alone)."
+
+
+def test_the_committed_summary_is_the_records_summary():
+    """bench/results/summary.md is regenerated whenever a record changes (`python bench/study.py summary`)."""
+    assert (study.HERE / "results" / "summary.md").read_text() == study.summary()
