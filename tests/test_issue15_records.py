@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinymoe.checkpoint import load_model
+from tinymoe.checkpoint import LEGACY_FIELDS, load_model
 from tinymoe.evaluation import predict
 from tinymoe.lab import paired_difference
 
@@ -62,7 +62,9 @@ def test_every_run_routed_with_base_seed_0s_superclasses():
 def test_the_shipped_checkpoints_are_the_recorded_models(grid, name, tmp_path):
     record = json.loads((RESULTS / grid / f"{name}.json").read_text())
     dense, moe = (load_model(RESULTS / grid / "models" / f"{name}-{m}.npz") for m in ("dense", "moe"))
-    assert dense.config.to_dict() == record["dense"]["config"] and moe.config.to_dict() == record["moe"]["config"]
+    for model, key in ((dense, "dense"), (moe, "moe")):  # (the long run's record predates a field's removal)
+        recorded = {k: v for k, v in record[key]["config"].items() if k not in LEGACY_FIELDS}
+        assert model.config.to_dict() == recorded, key
     p = predictions(record)
     np.testing.assert_array_equal(moe.class_to_group, p["class_to_group"])
     if not ZIP.is_file():
