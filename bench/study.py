@@ -13,6 +13,10 @@
     python bench/study.py --grid data-scale run --data ...                   # issue 15's data-scale curve (results in
                                                                              # bench/results/data-scale/, runs in
                                                                              # runs/data-scale/); `plots` draws it
+    python bench/study.py --grid long run --data ... --only base-seed0      # issue 15's long regularised run;
+                                                                             # `table` gives Δ per 10 epochs and
+                                                                             # its stop rule, `plots` the Δ curve
+    python bench/study.py --grid mechanism run --data ...                   # issue 15's expert-dropout check
     python bench/study.py summary                                            # every recorded pair of every grid in
                                                                              # one table: bench/results/summary.md
 
