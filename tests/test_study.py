@@ -232,8 +232,9 @@ def test_the_mechanism_grid_changes_only_the_experts_dropout_and_shares_one_dens
     0.3 against a control MoE without it; the two runs have one dense model (expert dropout is MoE-only),
     base seed 0's superclasses, and their own results and runs folders."""
     grid = study.GRIDS["mechanism"]
-    control, dropout = study.plan(grid)
-    assert (control.name, dropout.name) == ("base-seed0", "expert-dropout=0.3-seed0")
+    runs = study.plan(grid)
+    assert [r.name for r in runs] == ["base-seed0", "expert-dropout=0.3-seed0", "base-seed1", "expert-dropout=0.3-seed1"]
+    control, dropout = runs[:2]
     thirty = next(r for r in study.plan(study.GRIDS["tiny-imagenet"]) if r.name == "epochs=30-seed0")
     assert {k: v for k, v in control.flags.items() if k != "superclasses"} == thirty.flags
     assert control.flags["superclasses"] == "bench/results/study/superclasses-base-seed0.json"
