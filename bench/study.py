@@ -793,7 +793,7 @@ def table(results: list[dict], grid: dict | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-# The grids whose records `summary` collects, in its order, and how a record's recipe is named there.
+# The grids whose records `summary` collects, in its order: grid name -> its results folder under bench/results.
 SUMMARY_GRIDS = {"tiny-imagenet": "study", "data-scale": "data-scale", "long": "long", "mechanism": "mechanism"}
 
 
