@@ -993,8 +993,8 @@ def stop_rule_fired(entry: dict, after: int = 60, consecutive: int = 5) -> int |
 def delta_blocks_table(results: list[dict], stop_rule: dict | None = None, block: int = 10) -> list[str]:
     """Markdown: each run's mean Δ over epochs 1-10, 11-20, ... (every evaluation in the block), and
     whether the grid's stop rule fired (the epoch it did, or 'no' with the last epoch both models reached)."""
-    curves = {r["name"]: delta_per_epoch(r) for r in results}
-    last = max((c[-1][0] for c in curves.values() if c), default=0)
+    curves = [(entry, delta_per_epoch(entry)) for entry in results]
+    last = max((curve[-1][0] for _, curve in curves if curve), default=0)
     if not last:
         return []
     blocks = [(a, min(a + block - 1, last)) for a in range(1, last + 1, block)]
@@ -1004,14 +1004,13 @@ def delta_blocks_table(results: list[dict], stop_rule: dict | None = None, block
     lines = ["", "Δ = MoE − dense val top-1 per epoch, averaged over blocks of epochs (one evaluation's Δ moves "
              "about ±1 point with the choice of val images alone):", "", header,
              "|" + "---|" * (header.count("|") - 1)]
-    for name, curve in curves.items():
+    for entry, curve in curves:
         cells = []
         for a, b in blocks:
             inside = [d for e, d in curve if a <= e <= b]
             cells.append(f"{sum(inside) / len(inside):+.2f}" if inside else "-")
-        row = f"| {name} | " + " | ".join(cells) + " |"
+        row = f"| {entry['name']} | " + " | ".join(cells) + " |"
         if stop_rule:
-            entry = next(r for r in results if r["name"] == name)
             fired = stop_rule_fired(entry, **stop_rule)
             row += (f" fired at epoch {fired} |" if fired is not None
                     else f" not fired (to epoch {curve[-1][0] if curve else '-'}) |")
