@@ -739,9 +739,32 @@ def upcycling_table(results: list[dict]) -> list[str]:
             "|---|---|---|---|---|", *rows]
 
 
-def table(results: list[dict], grid: dict | None = None) -> str:
-    """Markdown: one row per run, then Δ over seeds per recipe (when a recipe has several seeds), and for
-    a grid with delta curves each run's Δ per block of epochs (with its stop rule, if it has one)."""
+def pooled_difference(runs: list[dict], results_dir: Path) -> dict | None:
+    """Δ pooled over the seeds of one recipe with its 95% interval from the choice of val images
+    (tinymoe.lab.paired_difference on (seeds, images) correctness), read from the runs' per-image
+    predictions in RESULTS/predictions/; None unless every run has them, on the same val images."""
+    import numpy as np
+
+    from tinymoe.lab import paired_difference
+
+    dense, moe, labels = [], [], None
+    for r in runs:
+        path = results_dir / "predictions" / f"{slug(r['name'])}.npz"
+        if not path.is_file():
+            return None
+        with np.load(path, allow_pickle=False) as z:
+            if labels is not None and not np.array_equal(labels, z["labels"]):
+                return None
+            labels = z["labels"]
+            dense.append(z["dense"] == labels)
+            moe.append(z["moe"] == labels)
+    return paired_difference(np.stack(dense), np.stack(moe)).as_dict()
+
+
+def table(results: list[dict], grid: dict | None = None, results_dir: Path | None = None) -> str:
+    """Markdown: one row per run, then Δ over seeds per recipe (when a recipe has several seeds; pooled
+    with its interval when `results_dir` holds their per-image predictions), and for a grid with delta
+    curves each run's Δ per block of epochs (with its stop rule, if it has one)."""
     if not results:
         raise SystemExit("no study results yet: run `python bench/study.py run` first")
     header = ("| run | dense top-1 | MoE top-1 | Δ | router acc | dense's superclass acc | "
@@ -773,18 +796,26 @@ def table(results: list[dict], grid: dict | None = None) -> str:
             f"{_fmt(_final(r, 'dense', 'train_loss'), '.3f')} / {_fmt(_final(r, 'moe', 'train_loss'), '.3f')} | "
             f"{expert_load(moe.get('expert_counts'))} | {flops} | {epochs} | {seconds / 3600:.1f} |"
         )
-    recipes: dict[str, list[float]] = {}
+    recipes: dict[str, list[dict]] = {}
     for r in results:
         if r.get("delta_top1") is not None:
             recipe = ",".join(f"{f}={lv}" for f, lv in r["changed"].items()) or "base"
-            recipes.setdefault(recipe, []).append(r["delta_top1"])
+            recipes.setdefault(recipe, []).append(r)
     if any(len(v) > 1 for v in recipes.values()):
-        lines += ["", "| recipe | seeds | Δ mean | Δ std | Δ min .. max |", "|---|---|---|---|---|"]
-        for recipe, deltas in recipes.items():
+        lines += ["", "| recipe | seeds | Δ mean | Δ std | Δ min .. max | pooled 95% (val images) |",
+                  "|---|---|---|---|---|---|"]
+        for recipe, runs in recipes.items():
+            deltas = [r["delta_top1"] for r in runs]
             n = len(deltas)
             mean = sum(deltas) / n
             std = (sum((d - mean) ** 2 for d in deltas) / (n - 1)) ** 0.5 if n > 1 else float("nan")
-            lines.append(f"| {recipe} | {n} | {mean:+.2f} | {std:.2f} | {min(deltas):+.2f} .. {max(deltas):+.2f} |")
+            pooled = pooled_difference(runs, results_dir) if results_dir is not None and n > 1 else None
+            interval = f"[{pooled['ci95'][0]:+.2f}, {pooled['ci95'][1]:+.2f}]: {verdict(pooled['ci95'])}" if pooled else "-"
+            lines.append(f"| {recipe} | {n} | {mean:+.2f} | {std:.2f} | {min(deltas):+.2f} .. {max(deltas):+.2f} | "
+                         f"{interval} |")
+        lines += ["", "Pooled: the seeds' mean Δ with its 95% interval from the choice of val images, which "
+                  "the seeds share (their per-image differences averaged); the seeds' spread (Δ std) is training "
+                  "noise on top of it; '-' where a recipe has one seed or its runs' per-image predictions were not recorded."]
     lines += upcycling_table(results)
     if grid and grid.get("delta_curves"):
         lines += delta_blocks_table(results, grid.get("stop_rule"))
@@ -1280,9 +1311,9 @@ def main(argv=None) -> int:
         return 0
     results = [r for r in load_results(args.results) if r.get("grid") == name]
     if args.cmd == "table":
-        text = table(results, grid)
+        text = table(results, grid, args.results)
         args.results.mkdir(parents=True, exist_ok=True)
-        (args.results / "table.md").write_text(text)
+        atomic_write_text(args.results / "table.md", text)
         print(text)
     elif args.cmd == "flops-plot":
         print(plot_top1_vs_flops(results, args.results / "top1_vs_flops.png"))

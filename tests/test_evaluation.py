@@ -129,6 +129,34 @@ def test_paired_difference_only_discordant_images_count(pair):
     assert swapped.standard_error == pytest.approx(result.standard_error, abs=1e-9)
 
 
+def test_paired_difference_pooled_over_seeds_by_hand():
+    """Two seeds on three images. Seed 0: d = [+1, 0, -1]; seed 1: d = [+1, +1, 0]. Per image the seeds'
+    mean is [1, 0.5, -0.5]: Δ = 1/3 (the mean of the seeds' Δ's, 0 and 2/3), sample sd √(7/12)."""
+    a = np.array([[False, True, True], [False, False, True]])
+    b = np.array([[True, True, False], [True, True, True]])
+    result = paired_difference(a, b)
+    assert (result.images, result.b_only_right, result.a_only_right) == (3, 3, 1)
+    assert result.delta == pytest.approx(100 / 3)
+    assert result.standard_error == pytest.approx(100 * np.sqrt(7 / 12) / np.sqrt(3))
+
+
+@settings(deadline=None, max_examples=50)
+@given(st.integers(1, 4), st.integers(2, 100), st.integers(0, 2**32 - 1))
+def test_paired_difference_pooled_is_the_mean_of_the_seeds(seeds, n, seed):
+    """Pooled Δ = the mean of the per-seed Δ's; one seed's (1, N) arrays give exactly the (N,) answer; the
+    pooled error is the error of the per-image mean difference (the images are shared by the seeds)."""
+    rng = np.random.default_rng(seed)
+    a, b = rng.random((seeds, n)) < 0.4, rng.random((seeds, n)) < 0.5
+    pooled = paired_difference(a, b)
+    per_seed = [paired_difference(a[s], b[s]) for s in range(seeds)]
+    assert pooled.delta == pytest.approx(np.mean([r.delta for r in per_seed]), abs=1e-9)
+    assert (pooled.b_only_right, pooled.a_only_right) == (sum(r.b_only_right for r in per_seed),
+                                                         sum(r.a_only_right for r in per_seed))
+    d = np.mean(b.astype(float) - a.astype(float), axis=0)
+    assert pooled.standard_error == pytest.approx(100 * d.std(ddof=1) / np.sqrt(n), abs=1e-9)
+    assert paired_difference(a[:1], b[:1]) == per_seed[0]
+
+
 def test_paired_interval_covers_the_true_difference_95_percent_of_the_time():
     """Draw 2,000 val sets of 5,000 images from two correlated models whose true top-1 differ by 2 points
     (both right 20%, only A 5%, only B 7%). The paired 95% interval must contain +2 in about 95% of them.
@@ -149,3 +177,7 @@ def test_paired_difference_refuses_what_is_not_two_equal_bool_vectors():
         paired_difference(np.ones(3, bool), np.ones(4, bool))
     with pytest.raises(ValueError, match="at least 2 images"):
         paired_difference(np.ones(1, bool), np.ones(1, bool))
+    with pytest.raises(ValueError, match="one row per seed"):
+        paired_difference(np.ones((2, 2, 3), bool), np.ones((2, 2, 3), bool))
+    with pytest.raises(ValueError, match="one row per seed"):
+        paired_difference(np.ones((0, 3), bool), np.ones((0, 3), bool))

@@ -346,6 +346,34 @@ def test_delta_per_epoch_and_the_long_runs_stop_rule(tmp_path):
         study.plot_delta_curve({"name": "x", "dense": {"history": []}, "moe": {"history": []}}, tmp_path / "x.png")
 
 
+def test_table_pools_a_recipes_seeds_from_their_predictions(tmp_path):
+    """The recipe table's pooled column: tinymoe.lab.paired_difference on the seeds' stacked per-image
+    correctness, read back from RESULTS/predictions/; '-' when a seed's predictions are missing or were
+    scored on other images."""
+    from tinymoe.lab import paired_difference
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 200, 500)
+    runs, dense_ok, moe_ok = [], [], []
+    for seed in (0, 1):
+        dense = np.where(rng.random(500) < 0.3, labels, (labels + 1) % 200)
+        moe = np.where(rng.random(500) < 0.4, labels, (labels + 1) % 200)
+        entry = {"name": f"deit-seed{seed}", "changed": {"regularisation": "deit"}, "train_config": {"epochs": 100},
+                 "delta_top1": 100 * (np.mean(moe == labels) - np.mean(dense == labels))}
+        study.write_predictions(tmp_path, entry, labels, dense, moe, None, None)
+        runs.append(entry), dense_ok.append(dense == labels), moe_ok.append(moe == labels)
+    lo, hi = paired_difference(np.stack(dense_ok), np.stack(moe_ok)).interval()
+    assert lo > 0  # the MoE's 40% against dense's 30% on 2 x 500 images: ahead beyond the noise
+    row = next(line for line in study.table(runs, None, tmp_path).splitlines() if line.startswith("| regularisation=deit"))
+    assert row.endswith(f"| [{lo:+.2f}, {hi:+.2f}]: MoE ahead |") and row.startswith("| regularisation=deit | 2 | ")
+    without_folder = study.table(runs).splitlines()  # no predictions folder: no pooled interval
+    assert next(line for line in without_folder if line.startswith("| regularisation")).endswith("| - |")
+    study.write_predictions(tmp_path, runs[1], (labels + 1) % 200, labels, labels, None, None)  # other val images
+    assert study.pooled_difference(runs, tmp_path) is None
+    (tmp_path / "predictions" / "deit-seed1.npz").unlink()
+    assert study.pooled_difference(runs, tmp_path) is None
+
+
 def test_the_summary_of_every_pair_and_its_verdict(tmp_path):
     assert [study.verdict(ci) for ci in ([0.1, 1.9], [-2.0, -0.1], [-0.9, 1.1])] == ["MoE ahead", "MoE behind", "tie"]
 
