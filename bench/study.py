@@ -844,6 +844,7 @@ def summary(results_root: Path = HERE / "results") -> str:
              "0, or containing it. Written by `python bench/study.py summary` from the JSON records.", "",
              header, "|" + "---|" * (header.count("|") - 1)]
     counts: dict[str, int] = {}
+    seeds: dict[tuple[str, str], list[tuple[dict, str]]] = {}  # (folder, recipe) -> its runs and their verdicts
     for grid, folder in SUMMARY_GRIDS.items():
         for r in load_results(results_root / folder):
             if r.get("grid") != grid or r.get("levels", {}).get("upcycle") == "dense-continued":
@@ -859,11 +860,26 @@ def summary(results_root: Path = HERE / "results") -> str:
                 continue
             said = verdict(paired["ci95"])
             counts[said] = counts.get(said, 0) + 1
+            recipe = ",".join(f"{f}={lv}" for f, lv in r.get("changed", {}).items()) or "base"
+            seeds.setdefault((folder, recipe), []).append((r, said))
             lines.append(f"| {folder} | {r['name']}{versus} | {r['train_images']:,} | {epochs} | "
                          f"{dense:.2f} | {r['moe']['top1']:.2f} | {paired['delta']:+.2f}{_error(paired)} | {said} |")
     total = sum(counts.values())
     lines += ["", f"{total} pairs: " + ", ".join(f"{counts.get(v, 0)} {v}" for v in ("MoE ahead", "tie", "MoE behind"))
               + " (by the val-image interval of each pair alone)."]
+    header = "| grid | recipe | seeds | verdict per seed | Δ pooled ± 95% (val images) | pooled verdict |"
+    lines += ["", "Recipes run on more than one seed. A recipe wins here if the MoE is ahead beyond the noise on "
+              "every seed; pooled: the seeds' mean Δ with its interval from the choice of val images, which the "
+              "seeds share; '-' where the runs' per-image predictions were not recorded (the issue-8 study's runs, "
+              "and an upcycled MoE's comparator).", "",
+              header, "|" + "---|" * (header.count("|") - 1)]
+    for (folder, recipe), runs in seeds.items():
+        if len(runs) < 2:
+            continue
+        records = [r for r, _ in runs]
+        pooled = None if recipe.startswith("upcycle") else pooled_difference(records, results_root / folder)
+        lines.append(f"| {folder} | {recipe} | {len(runs)} | {', '.join(said for _, said in runs)} | "
+                     + (f"{pooled['delta']:+.2f}{_error(pooled)} | {verdict(pooled['ci95'])} |" if pooled else "- | - |"))
     return "\n".join(lines) + "\n"
 
 

@@ -378,27 +378,45 @@ def test_the_summary_of_every_pair_and_its_verdict(tmp_path):
     assert [study.verdict(ci) for ci in ([0.1, 1.9], [-2.0, -0.1], [-0.9, 1.1])] == ["MoE ahead", "MoE behind", "tie"]
 
     def record(folder, grid, name, levels, dense, moe, ci, **extra):
-        entry = {"name": name, "grid": grid, "levels": levels, "train_images": 90000, "train_config": {"epochs": 15},
-                 "dense": {"top1": dense}, "moe": {"top1": moe},
+        changed = {f: lv for f, lv in levels.items() if lv != "no"}
+        entry = {"name": name, "grid": grid, "levels": levels, "changed": changed, "train_images": 90000,
+                 "train_config": {"epochs": 15}, "dense": {"top1": dense}, "moe": {"top1": moe},
                  "paired": {"delta": moe - dense, "ci95": [moe - dense - ci, moe - dense + ci]}, **extra}
         (tmp_path / folder).mkdir(exist_ok=True)
         (tmp_path / folder / f"{name}.json").write_text(json.dumps(entry))
+        return entry
 
     record("study", "tiny-imagenet", "base-seed0", {"upcycle": "no"}, 25.0, 25.5, 1.0)
     record("study", "tiny-imagenet", "upcycle=dense-continued-seed0", {"upcycle": "dense-continued"}, 25.0, 28.5, 1.0)
     record("study", "tiny-imagenet", "upcycle=yes-seed0", {"upcycle": "yes"}, 25.0, 27.0, 1.0,
            paired_vs_dense_continued={"delta": -1.5, "ci95": [-2.5, -0.5]})
+    record("study", "tiny-imagenet", "upcycle=yes-seed1", {"upcycle": "yes"}, 25.0, 27.0, 1.0,
+           paired_vs_dense_continued={"delta": -0.5, "ci95": [-1.5, 0.5]})
     record("data-scale", "data-scale", "train-fraction=0.5-seed0", {}, 21.0, 19.0, 1.0)
-    record("long", "long", "base-seed0", {}, 30.0, 31.5, 1.0)
+    long_runs = [record("long", "long", "base-seed0", {}, 30.0, 31.5, 1.0),
+                 record("long", "long", "base-seed1", {}, 30.0, 30.5, 1.0)]
     record("long", "other-grid", "ignored-seed0", {}, 30.0, 31.5, 1.0)  # a record of another grid: not counted
-    lines = study.summary(tmp_path).splitlines()
-    rows = [line for line in lines if line.startswith("| ") and not line.startswith("| grid")]
-    assert rows == [
+    labels = np.arange(8) % 200  # the long seeds' predictions: seed 0 +2 images of 8, seed 1 +1
+    for entry, moe_right in zip(long_runs, (6, 5)):
+        study.write_predictions(tmp_path / "long", entry, labels, np.where(np.arange(8) < 4, labels, labels + 1),
+                                np.where(np.arange(8) < moe_right, labels, labels + 1), None, None)
+    text = study.summary(tmp_path)
+    pairs, seeds = text.split("\n\n")[1], text.split("\n\n")[-1]
+    assert pairs.splitlines()[2:] == [
         "| study | base-seed0 | 90,000 | 15 | 25.00 | 25.50 | +0.50 ± 1.00 | tie |",
         "| study | upcycle=yes-seed0 (vs dense trained on as long) | 90,000 | 15 + 15 | 28.50 | 27.00 | -1.50 ± 1.00 | MoE behind |",
+        "| study | upcycle=yes-seed1 (vs dense trained on as long) | 90,000 | 15 + 15 | 27.50 | 27.00 | -0.50 ± 1.00 | tie |",
         "| data-scale | train-fraction=0.5-seed0 | 90,000 | 15 | 21.00 | 19.00 | -2.00 ± 1.00 | MoE behind |",
-        "| long | base-seed0 | 90,000 | 15 | 30.00 | 31.50 | +1.50 ± 1.00 | MoE ahead |"]
-    assert lines[-1] == "4 pairs: 1 MoE ahead, 1 tie, 2 MoE behind (by the val-image interval of each pair alone)."
+        "| long | base-seed0 | 90,000 | 15 | 30.00 | 31.50 | +1.50 ± 1.00 | MoE ahead |",
+        "| long | base-seed1 | 90,000 | 15 | 30.00 | 30.50 | +0.50 ± 1.00 | tie |"]
+    assert text.split("\n\n")[2] == "6 pairs: 1 MoE ahead, 3 tie, 2 MoE behind (by the val-image interval of each pair alone)."
+    # Pooled long: seed 0's per-image differences are [0]*4 + [1, 1, 0, 0], seed 1's [0]*4 + [1, 0, 0, 0];
+    # their mean [0]*4 + [1, 0.5, 0, 0] gives Δ = 1.5/8 = 18.75 points, and 8 images leave it a tie.
+    d = np.array([0, 0, 0, 0, 1, 0.5, 0, 0])
+    half = 1.96 * 100 * d.std(ddof=1) / np.sqrt(8)
+    assert seeds.splitlines()[2:] == [
+        "| study | upcycle=yes | 2 | MoE behind, tie | - | - |",
+        f"| long | base | 2 | MoE ahead, tie | +18.75 ± {half:.2f} | tie |"]
 
 
 def test_the_committed_summary_is_the_records_summary():
