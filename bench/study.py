@@ -691,6 +691,11 @@ def load_results(results_dir: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(results_dir.glob("*.json"))]
 
 
+def recipe_of(entry: dict) -> str:
+    """A run's recipe: the factors it changes from the base, 'factor=level,...', or 'base' (seeds share it)."""
+    return ",".join(f"{f}={lv}" for f, lv in entry.get("changed", {}).items()) or "base"
+
+
 def _final(entry: dict, model: str, key: str) -> float | None:
     """The last epoch's `key` (train_loss, train_top1, ...) of one model of a run, if it was recorded."""
     history = entry.get(model, {}).get("history") or []
@@ -799,8 +804,7 @@ def table(results: list[dict], grid: dict | None = None, results_dir: Path | Non
     recipes: dict[str, list[dict]] = {}
     for r in results:
         if r.get("delta_top1") is not None:
-            recipe = ",".join(f"{f}={lv}" for f, lv in r["changed"].items()) or "base"
-            recipes.setdefault(recipe, []).append(r)
+            recipes.setdefault(recipe_of(r), []).append(r)
     if any(len(v) > 1 for v in recipes.values()):
         lines += ["", "| recipe | seeds | Δ mean | Δ std | Δ min .. max | pooled 95% (val images) |",
                   "|---|---|---|---|---|---|"]
@@ -844,7 +848,8 @@ def summary(results_root: Path = HERE / "results") -> str:
              "0, or containing it. Written by `python bench/study.py summary` from the JSON records.", "",
              header, "|" + "---|" * (header.count("|") - 1)]
     counts: dict[str, int] = {}
-    seeds: dict[tuple[str, str], list[tuple[dict, str]]] = {}  # (folder, recipe) -> its runs and their verdicts
+    # (folder, recipe) -> its runs, their verdicts, and whether each was compared with its own dense model
+    seeds: dict[tuple[str, str], list[tuple[dict, str, bool]]] = {}
     for grid, folder in SUMMARY_GRIDS.items():
         for r in load_results(results_root / folder):
             if r.get("grid") != grid or r.get("levels", {}).get("upcycle") == "dense-continued":
@@ -860,8 +865,7 @@ def summary(results_root: Path = HERE / "results") -> str:
                 continue
             said = verdict(paired["ci95"])
             counts[said] = counts.get(said, 0) + 1
-            recipe = ",".join(f"{f}={lv}" for f, lv in r.get("changed", {}).items()) or "base"
-            seeds.setdefault((folder, recipe), []).append((r, said))
+            seeds.setdefault((folder, recipe_of(r)), []).append((r, said, not versus))
             lines.append(f"| {folder} | {r['name']}{versus} | {r['train_images']:,} | {epochs} | "
                          f"{dense:.2f} | {r['moe']['top1']:.2f} | {paired['delta']:+.2f}{_error(paired)} | {said} |")
     total = sum(counts.values())
@@ -876,9 +880,10 @@ def summary(results_root: Path = HERE / "results") -> str:
     for (folder, recipe), runs in seeds.items():
         if len(runs) < 2:
             continue
-        records = [r for r, _ in runs]
-        pooled = None if recipe.startswith("upcycle") else pooled_difference(records, results_root / folder)
-        lines.append(f"| {folder} | {recipe} | {len(runs)} | {', '.join(said for _, said in runs)} | "
+        # An upcycled MoE's pair is against another model (dense trained on), whose predictions are not recorded.
+        own_dense = all(own for _, _, own in runs)
+        pooled = pooled_difference([r for r, _, _ in runs], results_root / folder) if own_dense else None
+        lines.append(f"| {folder} | {recipe} | {len(runs)} | {', '.join(said for _, said, _ in runs)} | "
                      + (f"{pooled['delta']:+.2f}{_error(pooled)} | {verdict(pooled['ci95'])} |" if pooled else "- | - |"))
     return "\n".join(lines) + "\n"
 

@@ -361,7 +361,9 @@ def test_table_pools_a_recipes_seeds_from_their_predictions(tmp_path):
         entry = {"name": f"deit-seed{seed}", "changed": {"regularisation": "deit"}, "train_config": {"epochs": 100},
                  "delta_top1": 100 * (np.mean(moe == labels) - np.mean(dense == labels))}
         study.write_predictions(tmp_path, entry, labels, dense, moe, None, None)
-        runs.append(entry), dense_ok.append(dense == labels), moe_ok.append(moe == labels)
+        runs.append(entry)
+        dense_ok.append(dense == labels)
+        moe_ok.append(moe == labels)
     lo, hi = paired_difference(np.stack(dense_ok), np.stack(moe_ok)).interval()
     assert lo > 0  # the MoE's 40% against dense's 30% on 2 x 500 images: ahead beyond the noise
     row = next(line for line in study.table(runs, None, tmp_path).splitlines() if line.startswith("| regularisation=deit"))
@@ -388,10 +390,10 @@ def test_the_summary_of_every_pair_and_its_verdict(tmp_path):
 
     record("study", "tiny-imagenet", "base-seed0", {"upcycle": "no"}, 25.0, 25.5, 1.0)
     record("study", "tiny-imagenet", "upcycle=dense-continued-seed0", {"upcycle": "dense-continued"}, 25.0, 28.5, 1.0)
-    record("study", "tiny-imagenet", "upcycle=yes-seed0", {"upcycle": "yes"}, 25.0, 27.0, 1.0,
-           paired_vs_dense_continued={"delta": -1.5, "ci95": [-2.5, -0.5]})
-    record("study", "tiny-imagenet", "upcycle=yes-seed1", {"upcycle": "yes"}, 25.0, 27.0, 1.0,
-           paired_vs_dense_continued={"delta": -0.5, "ci95": [-1.5, 0.5]})
+    upcycled = [record("study", "tiny-imagenet", "upcycle=yes-seed0", {"upcycle": "yes"}, 25.0, 27.0, 1.0,
+                       paired_vs_dense_continued={"delta": -1.5, "ci95": [-2.5, -0.5]}),
+                record("study", "tiny-imagenet", "upcycle=yes-seed1", {"upcycle": "yes"}, 25.0, 27.0, 1.0,
+                       paired_vs_dense_continued={"delta": -0.5, "ci95": [-1.5, 0.5]})]
     record("data-scale", "data-scale", "train-fraction=0.5-seed0", {}, 21.0, 19.0, 1.0)
     long_runs = [record("long", "long", "base-seed0", {}, 30.0, 31.5, 1.0),
                  record("long", "long", "base-seed1", {}, 30.0, 30.5, 1.0)]
@@ -400,6 +402,8 @@ def test_the_summary_of_every_pair_and_its_verdict(tmp_path):
     for entry, moe_right in zip(long_runs, (6, 5)):
         study.write_predictions(tmp_path / "long", entry, labels, np.where(np.arange(8) < 4, labels, labels + 1),
                                 np.where(np.arange(8) < moe_right, labels, labels + 1), None, None)
+    for entry in upcycled:  # their predictions hold the first-stage dense model, not the pair's comparator
+        study.write_predictions(tmp_path / "study", entry, labels, labels, labels, None, None)
     text = study.summary(tmp_path)
     pairs, seeds = text.split("\n\n")[1], text.split("\n\n")[-1]
     assert pairs.splitlines()[2:] == [
