@@ -423,6 +423,14 @@ def test_the_summary_of_every_pair_and_its_verdict(tmp_path):
         f"| long | base | 2 | MoE ahead, tie | +18.75 ± {half:.2f} | tie |"]
 
 
+@pytest.mark.parametrize("grid", ["tiny-imagenet", "data-scale", "long", "mechanism"])
+def test_each_committed_table_is_its_records_table(grid):
+    """bench/results/<grid>/table.md is regenerated whenever a record changes (`python bench/study.py --grid G table`)."""
+    folder = study.HERE / "results" / (study.GRIDS[grid].get("results") or "study")
+    results = [r for r in study.load_results(folder) if r.get("grid") == grid]
+    assert (folder / "table.md").read_text() == study.table(results, study.GRIDS[grid], folder)
+
+
 def test_the_committed_summary_is_the_records_summary():
     """bench/results/summary.md is regenerated whenever a record changes (`python bench/study.py summary`)."""
     assert (study.HERE / "results" / "summary.md").read_text() == study.summary()
